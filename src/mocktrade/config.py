@@ -1,0 +1,100 @@
+"""One settings object, read from the environment (MOCKTRADE_*)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+
+DEFAULT_SYMBOLS = (
+    "MOCKAAPL", "MOCKMSFT", "MOCKGOOG", "MOCKAMZN", "MOCKNVDA", "MOCKMETA", "MOCKTSLA",
+    "MOCKBRK", "MOCKJPM", "MOCKV", "MOCKJNJ", "MOCKWMT", "MOCKPG", "MOCKMA", "MOCKUNH",
+    "MOCKHD", "MOCKDIS", "MOCKBAC", "MOCKXOM", "MOCKKO",
+)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MOCKTRADE_{name}", default)
+
+
+def _number(name: str, default: str, kind: type = float):
+    raw = _env(name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"MOCKTRADE_{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".mocktrade")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    # Feed simulator: total ticks per second across all symbols, and the
+    # annualised volatility of its geometric Brownian motion.
+    feed_ticks_per_second: float = 20.0
+    feed_volatility: float = 0.4
+    feed_seed: int | None = None
+    # Where ingestion connects; empty means the built-in simulator.
+    feed_url: str = ""
+    jwt_secret: str = ""
+    token_ttl_seconds: int = 7 * 24 * 3600
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
+    log_partitions: int = 4
+    ws_client_buffer: int = 256
+    demo_cash: Decimal = Decimal("100000.00")
+    demo_users: tuple[str, ...] = ("alice", "bob")
+    log_level: str = field(default="INFO")
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike | None = None) -> "Settings":
+        symbols = tuple(s.strip().upper() for s in _env("SYMBOLS", ",".join(DEFAULT_SYMBOLS)).split(",") if s.strip())
+        if not symbols:
+            raise ConfigError("MOCKTRADE_SYMBOLS names no symbol")
+        seed = _env("FEED_SEED", "")
+        return cls(
+            data_dir=Path(data_dir or _env("DATA_DIR", ".mocktrade")),
+            host=_env("HOST", "127.0.0.1"),
+            port=_number("PORT", "8000", int),
+            symbols=symbols,
+            feed_ticks_per_second=_number("FEED_TICKS_PER_SECOND", "20"),
+            feed_volatility=_number("FEED_VOLATILITY", "0.4"),
+            feed_seed=int(seed) if seed else None,
+            feed_url=_env("FEED_URL", ""),
+            jwt_secret=_env("JWT_SECRET", ""),
+            token_ttl_seconds=_number("TOKEN_TTL_SECONDS", str(7 * 24 * 3600), int),
+            rate_limit_per_second=_number("RATE_LIMIT_PER_SECOND", "200"),
+            rate_limit_burst=_number("RATE_LIMIT_BURST", "400", int),
+            log_partitions=_number("LOG_PARTITIONS", "4", int),
+            ws_client_buffer=_number("WS_CLIENT_BUFFER", "256", int),
+            log_level=_env("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def resolved_jwt_secret(self) -> str:
+        """The configured secret, else one generated once into the data dir."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / "jwt_secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fresh = secrets.token_urlsafe(48)
+            # O_EXCL so two processes starting together agree on one secret.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(fresh)
+        return path.read_text().strip()
