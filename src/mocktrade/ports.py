@@ -126,6 +126,8 @@ class IdempotencyRecord:
 
 
 class IdempotencyStore(Protocol):
+    async def lookup(self, user_id: str, key: str) -> IdempotencyRecord | None: ...
+
     async def reserve(self, user_id: str, key: str, fingerprint: str,
                       order_id: str) -> IdempotencyRecord:
         """Atomically claim the key; return whichever record holds it now."""

@@ -1,0 +1,70 @@
+"""What every SQLite-backed adapter shares: how a connection is opened, how a
+write transaction is taken, and how times and amounts are stored.
+
+Durability: WAL with synchronous=NORMAL. A commit appends to the WAL file with
+write(2) before it returns, so once a call has returned its data is in the
+operating system's page cache and survives the process being killed (kill -9);
+only the WAL checkpoint is fsynced. Losing the last commits on a power cut is
+the accepted price of microsecond commits for an embedded stand-in.
+
+Several processes may open the same file (the `mocktrade accounts` CLI while
+the platform runs): every write takes the write lock up front (BEGIN
+IMMEDIATE) so a read-modify-write cannot interleave with another process, and
+busy_timeout makes a contended writer wait instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterator
+
+BUSY_TIMEOUT_MS = 5_000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit transactions; we say BEGIN ourselves.
+    # check_same_thread=False: an adapter may be closed from another thread
+    # than the one that opened it; each adapter still uses it from one thread.
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One atomic write; the lock is taken at BEGIN so no other writer sneaks in."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def to_micros(moment: datetime) -> int:
+    """Whole microseconds since the epoch: exact, sortable, index-friendly."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime; all times are UTC")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)

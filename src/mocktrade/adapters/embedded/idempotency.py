@@ -1,0 +1,63 @@
+"""Idempotency keys of POST /v1/orders, in SQLite.
+
+The table can live in the portfolio store's file (bootstrap's choice) or a
+file of its own. `reserve` is an insert-if-absent: whichever request inserted
+first owns the key, and every later request with the same key reads that
+record back, within this process or from another one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...domain.events import format_time
+from ...domain.model import utc_now
+from ...ports import IdempotencyRecord
+from ._sqlite import connect, write_transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    userId TEXT NOT NULL,
+    idempotencyKey TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    orderId TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    PRIMARY KEY (userId, idempotencyKey)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteIdempotencyStore:
+    """ports.IdempotencyStore; SQLite calls are microseconds, so they run on
+    the event-loop thread."""
+
+    def __init__(self, path: str | Path):
+        self._conn = connect(path)
+        self._conn.executescript(_SCHEMA)
+
+    async def lookup(self, user_id: str, key: str) -> IdempotencyRecord | None:
+        row = self._conn.execute(
+            "SELECT orderId, fingerprint, published FROM idempotency_keys "
+            "WHERE userId = ? AND idempotencyKey = ?", (user_id, key)).fetchone()
+        return IdempotencyRecord(row[0], row[1], bool(row[2])) if row else None
+
+    async def reserve(self, user_id: str, key: str, fingerprint: str,
+                      order_id: str) -> IdempotencyRecord:
+        with write_transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO idempotency_keys "
+                "(userId, idempotencyKey, fingerprint, orderId, created) VALUES (?, ?, ?, ?, ?)",
+                (user_id, key, fingerprint, order_id, format_time(utc_now())))
+            stored_order, stored_fingerprint, published = conn.execute(
+                "SELECT orderId, fingerprint, published FROM idempotency_keys "
+                "WHERE userId = ? AND idempotencyKey = ?", (user_id, key)).fetchone()
+        return IdempotencyRecord(stored_order, stored_fingerprint, bool(published))
+
+    async def mark_published(self, user_id: str, key: str) -> None:
+        self._conn.execute(
+            "UPDATE idempotency_keys SET published = 1 WHERE userId = ? AND idempotencyKey = ?",
+            (user_id, key))
+
+    async def close(self) -> None:
+        self._conn.close()

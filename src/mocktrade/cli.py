@@ -1,0 +1,187 @@
+"""The `mocktrade` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import ConfigError, Settings
+from .domain.money import AmountError, fmt, parse_cash
+from .ports import AccountExists
+
+
+class CommandError(Exception):
+    """One clear sentence for the operator; no traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mocktrade", description="Mock stock-trading platform.")
+    parser.add_argument("--version", action="version", version=f"mocktrade {__version__}")
+    parser.add_argument("--data-dir", help="where data lives (env MOCKTRADE_DATA_DIR, default ./.mocktrade)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the whole platform in this process")
+    up.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port to bind (default 8000)")
+
+    accounts = commands.add_parser("accounts", help="manage user accounts")
+    account_commands = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+    create = account_commands.add_parser("create", help="register a user with starting cash")
+    create.add_argument("user")
+    create.add_argument("--cash", required=True, help="starting cash, e.g. 10000.00")
+    account_commands.add_parser("list", help="list users and their cash")
+
+    token = commands.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("user")
+
+    verify = commands.add_parser("verify", help="reconcile portfolios, ledger, events and history")
+    verify.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="retry until consistent or this many seconds pass (pipeline draining)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(args.data_dir)
+        return _dispatch(args, settings)
+    except (CommandError, ConfigError) as exc:
+        print(f"mocktrade: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "up":
+        return _up(settings.with_overrides(host=args.host, port=args.port))
+    if args.command == "accounts" and args.accounts_command == "create":
+        return asyncio.run(_create_account(settings, args.user, args.cash))
+    if args.command == "accounts":
+        return asyncio.run(_list_accounts(settings))
+    if args.command == "token":
+        return _token(settings, args.user)
+    if args.command == "verify":
+        return asyncio.run(_verify(settings, args.wait))
+    raise CommandError(f"unknown command {args.command}")
+
+
+def _hold_data_dir(settings: Settings):
+    """One platform per data directory: the embedded engines are single-writer."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(settings.data_dir / "platform.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CommandError(f"another mocktrade is already running on {settings.data_dir}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _up(settings: Settings) -> int:
+    import uvicorn
+
+    from . import logs
+    from .bootstrap import Platform, open_embedded_backends
+
+    logs.configure(settings.log_level)
+    lock = _hold_data_dir(settings)
+    platform = Platform(settings, open_embedded_backends(settings))
+    base = f"http://{settings.host}:{settings.port}"
+    demo = settings.demo_users[0]
+    print(f"mocktrade {__version__} (embedded) on {base}\n"
+          f"  API docs:    {base}/v1/docs\n"
+          f"  prices:      ws://{settings.host}:{settings.port}/v1/marketdata (Phoenix channels)\n"
+          f"  data dir:    {settings.data_dir.resolve()}\n"
+          f"  demo token for {demo}: {platform.tokens.issue(demo)}", flush=True)
+    config = uvicorn.Config(platform.app(), host=settings.host, port=settings.port,
+                            log_config=None, access_log=False, loop="uvloop", http="httptools",
+                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        lock.close()
+    return 0
+
+
+async def _create_account(settings: Settings, user: str, cash: str) -> int:
+    from .bootstrap import open_portfolios
+
+    if not user or len(user) > 64 or not all(c.isalnum() or c in "-_.@" for c in user):
+        raise CommandError("a user id is 1-64 letters, digits or - _ . @")
+    try:
+        amount = parse_cash(cash, "cash")
+    except AmountError as exc:
+        raise CommandError(f"--cash: {exc}") from None
+    if amount < 0:
+        raise CommandError("--cash must not be negative")
+    store = open_portfolios(settings)
+    try:
+        await store.create_account(user, amount, datetime.now(timezone.utc))
+    except AccountExists:
+        raise CommandError(f"user {user} already has an account") from None
+    finally:
+        await store.close()
+    print(f"created {user} with cash {fmt(amount)}")
+    return 0
+
+
+async def _list_accounts(settings: Settings) -> int:
+    from .bootstrap import open_portfolios
+
+    store = open_portfolios(settings)
+    try:
+        for account in await store.accounts():
+            portfolio = await store.get(account.user_id)
+            cash = fmt(portfolio.cash) if portfolio else "?"
+            print(f"{account.user_id}\tcash {cash}\tstarting {fmt(account.starting_cash)}")
+    finally:
+        await store.close()
+    return 0
+
+
+def _token(settings: Settings, user: str) -> int:
+    from .bootstrap import token_issuer
+
+    print(token_issuer(settings).issue(user))
+    return 0
+
+
+async def _verify(settings: Settings, wait: float) -> int:
+    from .bootstrap import open_event_log, open_history, open_portfolios
+    from .services.reconciliation import reconcile
+
+    if not (settings.data_dir / "portfolios.sqlite3").exists():
+        raise CommandError(f"no mocktrade data in {settings.data_dir}")
+    portfolios, history, event_log = open_portfolios(settings), open_history(settings), open_event_log(settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        while True:
+            report = await reconcile(portfolios, history, event_log)
+            if report.ok or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        for store in (event_log, history, portfolios):
+            await store.close()
+    for violation in report.violations:
+        print(f"VIOLATION {violation}")
+    verdict = "OK" if report.ok else f"FAILED ({len(report.violations)} violations)"
+    print(f"verify {verdict}: {report.accounts} accounts, {report.orders} accepted orders, "
+          f"{report.outcomes} outcomes")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The simulated exchange: a price simulator, its WebSocket feed and the feed's parsers."""

@@ -1,0 +1,1 @@
+"""The execution and persistence jobs: plain async handlers plus runners."""

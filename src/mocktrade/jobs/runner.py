@@ -1,0 +1,49 @@
+"""The consumer-group runner: poll a batch, hand it to a job, then commit.
+
+Committing only after the handler returns gives at-least-once delivery; the
+handlers are idempotent, which makes the result effectively-once. The same
+loop runs over the embedded log or a Kafka consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Awaitable, Callable, Literal, Sequence
+
+from ..ports import DependencyUnavailable, EventLog, LogRecord
+
+log = logging.getLogger("mocktrade.runner")
+
+Handler = Callable[[Sequence[LogRecord]], Awaitable[None]]
+
+
+async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Handler, *,
+                       max_records: int = 500, poll_timeout: float = 0.5,
+                       reset: Literal["earliest", "latest"] = "earliest",
+                       stop: asyncio.Event | None = None) -> None:
+    consumer = event_log.consumer(topic, group, reset=reset)
+    try:
+        while stop is None or not stop.is_set():
+            records = await consumer.poll(max_records, poll_timeout)
+            if not records:
+                continue
+            await _handle_until_done(handler, records, group)
+            await consumer.commit(records)
+    finally:
+        await consumer.close()
+
+
+async def _handle_until_done(handler: Handler, records: Sequence[LogRecord], group: str) -> None:
+    """Retry a batch while a dependency is down; nothing is skipped or committed."""
+    delay = 0.05
+    while True:
+        try:
+            await handler(records)
+            return
+        except DependencyUnavailable as exc:
+            log.warning("dependency down, retrying batch",
+                        extra={"group": group, "reason": str(exc), "retryIn": round(delay, 2)})
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,1 @@
+"""One module per service of the reference architecture; each depends on ports only."""

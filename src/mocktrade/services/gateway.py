@@ -1,0 +1,207 @@
+"""API gateway: one ASGI app composing the routes of whichever services this
+process runs, with bearer-token auth, per-user rate limiting, the OpenAPI
+document and health endpoints."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Awaitable, Callable, Literal
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+
+from ..domain import rules
+from ..domain.model import ExecutionStatus, Side
+from ..ports import DependencyUnavailable, InvalidPageToken
+from .auth import TokenIssuer, Unauthorized
+from .http import ApiError, JsonResponse, parse_body, validation_error
+from .orders import (IdempotencyConflict, OrderRequest, OrderService, PriceUnavailable,
+                     UnknownAccount)
+from .portfolio import PortfolioNotFound, PortfolioService
+from .query import MAX_PAGE_SIZE, QueryService, UnknownSymbolPrice
+from .ratelimit import RateLimiter
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
+
+
+@dataclass
+class GatewayParts:
+    """What this process serves; absent services simply have no routes here."""
+
+    tokens: TokenIssuer
+    limiter: RateLimiter
+    orders: OrderService | None = None
+    portfolio: PortfolioService | None = None
+    query: QueryService | None = None
+    extra_routes: list[Any] = field(default_factory=list)
+    readiness: ReadinessCheck | None = None
+    lifespan: Any = None
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError):
+        return validation_error(exc).response()
+
+    @app.exception_handler(DependencyUnavailable)
+    async def dependency_down(_: Request, exc: DependencyUnavailable):
+        return ApiError(503, "dependency_unavailable", str(exc),
+                        headers={"Retry-After": "1"}).response()
+
+
+def _trace_context(traceparent: str | None) -> dict[str, str]:
+    """W3C trace context: keep the caller's, or start a trace here."""
+    if traceparent:
+        return {"traceparent": traceparent}
+    return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+
+
+def current_user(request: Request,
+                 authorization: Annotated[str | None, Header()] = None) -> str:
+    """The authenticated caller, after their rate limit allows the request."""
+    parts: GatewayParts = request.app.state.parts
+    try:
+        user_id = parts.tokens.user_of(authorization)
+    except Unauthorized as exc:
+        raise ApiError(401, "unauthorized", str(exc),
+                       headers={"WWW-Authenticate": "Bearer"}) from None
+    wait = parts.limiter.acquire(user_id)
+    if wait:
+        raise ApiError(429, "rate_limited", "too many requests; slow down",
+                       headers={"Retry-After": RateLimiter.retry_after(wait)})
+    return user_id
+
+
+User = Annotated[str, Depends(current_user)]
+
+
+def create_app(parts: GatewayParts) -> FastAPI:
+    app = FastAPI(title="mocktrade", version="0.1.0", openapi_url="/v1/openapi.json",
+                  docs_url="/v1/docs", redoc_url=None, lifespan=parts.lifespan,
+                  default_response_class=JsonResponse,
+                  description="Mock stock trading: orders, portfolios, trade history, "
+                              "volume analytics and live prices (WebSocket /v1/marketdata).")
+    _error_handlers(app)
+
+    app.state.parts = parts
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok", "pid": os.getpid()}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        checks = await parts.readiness() if parts.readiness else {}
+        ready = all(v == "ok" for v in checks.values())
+        return JsonResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                              status_code=200 if ready else 503)
+
+    if parts.orders is not None:
+        _order_routes(app, parts.orders)
+    if parts.portfolio is not None:
+        _portfolio_routes(app, parts.portfolio)
+    if parts.query is not None:
+        _query_routes(app, parts.query)
+    for route in parts.extra_routes:
+        app.router.routes.append(route)
+    return app
+
+
+def _order_routes(app: FastAPI, orders: OrderService) -> None:
+    @app.post("/v1/orders", status_code=202, tags=["orders"],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": OrderRequest.model_json_schema()}}}},
+              responses={400: {"description": "malformed order"}, 401: {"description": "no or bad token"},
+                         402: {"description": "insufficient cash at the latest price"},
+                         409: {"description": "idempotency key reused with another body"},
+                         422: {"description": "insufficient shares"}, 429: {"description": "rate limited"},
+                         503: {"description": "a dependency is down; nothing was published"}})
+    async def place_order(request: Request, user_id: User,
+                          x_idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+                          traceparent: Annotated[str | None, Header()] = None):
+        body = await parse_body(request, OrderRequest)
+        try:
+            accepted = await orders.place(user_id, body, x_idempotency_key,
+                                          _trace_context(traceparent))
+        except rules.InsufficientFunds as exc:
+            raise ApiError(402, "insufficient_funds", str(exc), exc.field) from None
+        except rules.InsufficientShares as exc:
+            raise ApiError(422, "insufficient_shares", str(exc), exc.field) from None
+        except rules.OrderRejected as exc:
+            raise ApiError(400, "invalid_order", str(exc), exc.field) from None
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "idempotency_conflict", str(exc), "X-Idempotency-Key") from None
+        except UnknownAccount as exc:
+            raise ApiError(403, "no_account", str(exc)) from None
+        except PriceUnavailable as exc:
+            raise ApiError(503, "price_unavailable", str(exc), "symbol",
+                           headers={"Retry-After": "1"}) from None
+        headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
+        return JsonResponse({"orderId": accepted.order_id, "status": "ACCEPTED"},
+                              status_code=202, headers=headers)
+
+
+def _portfolio_routes(app: FastAPI, portfolio: PortfolioService) -> None:
+    @app.get("/v1/portfolio/{userId}", tags=["portfolio"],
+             responses={403: {"description": "another user's portfolio"},
+                        404: {"description": "unknown user"}})
+    async def get_portfolio(user_id: User, owner: Annotated[str, Path(alias="userId")]):
+        if owner != user_id:
+            raise ApiError(403, "forbidden", "a portfolio is visible to its owner only", "userId")
+        try:
+            return await portfolio.view(owner)
+        except PortfolioNotFound as exc:
+            raise ApiError(404, "not_found", str(exc), "userId") from None
+
+
+def _query_routes(app: FastAPI, query: QueryService) -> None:
+    @app.get("/v1/trades/search", tags=["trades"])
+    async def search_trades(
+        user_id: User,
+        symbol: Annotated[str | None, Query(max_length=16)] = None,
+        status: ExecutionStatus | None = None,
+        side: Side | None = None,
+        start_date: Annotated[datetime | None, Query(alias="startDate")] = None,
+        end_date: Annotated[datetime | None, Query(alias="endDate")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        page_token: Annotated[str | None, Query(alias="pageToken", max_length=512)] = None,
+    ):
+        start, end = _utc(start_date, "startDate"), _utc(end_date, "endDate")
+        if start and end and start >= end:
+            raise ApiError(400, "invalid_request", "startDate must be before endDate", "startDate")
+        try:
+            return await query.search_trades(user_id, symbol=symbol.upper() if symbol else None,
+                                             status=status, side=side, start=start, end=end,
+                                             limit=limit, page_token=page_token)
+        except InvalidPageToken as exc:
+            raise ApiError(400, "invalid_request", str(exc), "pageToken") from None
+
+    @app.get("/v1/analytics/volume", tags=["analytics"])
+    async def volume(user_id: User,
+                     time_window: Annotated[Literal["1h", "24h", "7d"], Query(alias="timeWindow")] = "24h",
+                     symbol: Annotated[str | None, Query(max_length=16)] = None):
+        return await query.volume(time_window, symbol.upper() if symbol else None)
+
+    @app.get("/v1/prices", tags=["prices"])
+    async def prices():
+        return await query.prices()
+
+    @app.get("/v1/prices/{symbol}", tags=["prices"])
+    async def price(symbol: str):
+        try:
+            return await query.price(symbol.upper())
+        except UnknownSymbolPrice as exc:
+            raise ApiError(404, "not_found", str(exc), "symbol") from None
+
+
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        raise ApiError(400, "invalid_request", f"{name} must include a UTC offset, e.g. Z", name)
+    return moment

@@ -1,0 +1,66 @@
+"""What every HTTP service shares: the error shape and request-body parsing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from fastapi import Request
+import orjson
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class JsonResponse(Response):
+    """JSON rendered by orjson: several times faster than the stdlib encoder."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """An answer other than success: status, machine-readable code, a sentence."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+    def response(self) -> JsonResponse:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return JsonResponse({"error": body}, status_code=self.status, headers=self.headers)
+
+
+def field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_error(exc: ValidationError | Any) -> ApiError:
+    first = exc.errors()[0]
+    name = field_name(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid value")
+    return ApiError(400, "invalid_request", f"{name}: {message}", name)
+
+
+async def parse_body(request: Request, model: type[Model]) -> Model:
+    """Decode a JSON body exactly: numbers become Decimals, never binary floats."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw, parse_float=Decimal) if raw else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", "body") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "body must be a JSON object", "body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None

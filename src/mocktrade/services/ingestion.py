@@ -1,0 +1,119 @@
+"""Ingestion: the exchange feed in, `market_data` events out.
+
+One tick becomes one event keyed by symbol, so each symbol's prices stay in
+order within their partition. A malformed tick is logged, counted and
+skipped: one bad event from a vendor must not stop the prices of everyone
+else. A lost connection is retried with capped exponential backoff and
+jitter, so a restarting feed is not hammered by every ingester at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import websockets
+from websockets.exceptions import InvalidURI, WebSocketException
+
+from ..domain.events import TOPIC_MARKET_DATA, encode, market_data_payload
+from ..domain.model import PriceTick
+from ..feed.parsers import FeedFormatError, parse_events, parse_tick
+from ..ports import DependencyUnavailable, EventLog
+
+SOURCE_SERVICE = "ingestion"
+
+log = logging.getLogger("mocktrade.ingestion")
+
+
+class IngestionService:
+    def __init__(self, feed_url: str, event_log: EventLog, *, initial_backoff: float = 0.1,
+                 max_backoff: float = 5.0, stale_after: float = 30.0):
+        self.feed_url = feed_url
+        self._event_log = event_log
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        # The feed sends heartbeats while quiet, so silence this long means a
+        # dead connection that TCP has not noticed yet.
+        self._stale_after = stale_after
+        self.ticks_published = 0
+        self.malformed_ticks = 0
+        self.reconnects = 0
+        self.connected = False
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"connected": self.connected, "ticksPublished": self.ticks_published,
+                "malformedTicks": self.malformed_ticks, "reconnects": self.reconnects}
+
+    async def run(self) -> None:
+        """Ingest until cancelled, reconnecting whenever the feed goes away."""
+        backoff = self._initial_backoff
+        attempts = 0
+        while True:
+            if attempts:
+                self.reconnects += 1
+            attempts += 1
+            try:
+                async with websockets.connect(self.feed_url, compression=None,
+                                              open_timeout=5, max_size=2 ** 22) as feed:
+                    self.connected = True
+                    log.info("connected to feed", extra={"feedUrl": self.feed_url})
+                    backoff = self._initial_backoff
+                    await self._ingest(feed)
+            except InvalidURI:
+                raise
+            except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
+                log.warning("feed connection lost", extra={"feedUrl": self.feed_url,
+                                                           "reason": repr(exc)})
+            finally:
+                self.connected = False
+            delay = random.uniform(0, backoff)  # full jitter
+            backoff = min(backoff * 2, self._max_backoff)
+            await asyncio.sleep(delay)
+
+    async def _ingest(self, feed: websockets.ClientConnection) -> None:
+        while True:
+            frame = await asyncio.wait_for(feed.recv(), self._stale_after)
+            for tick in self._ticks_of(frame):
+                await self._publish(tick)
+
+    def _ticks_of(self, frame: str | bytes) -> list[PriceTick]:
+        try:
+            events = parse_events(frame)
+        except FeedFormatError as exc:
+            self._malformed(exc, frame)
+            return []
+        ticks = []
+        for event in events:
+            try:
+                tick = parse_tick(event)
+            except FeedFormatError as exc:
+                self._malformed(exc, event)
+                continue
+            if tick is not None:
+                ticks.append(tick)
+        return ticks
+
+    def _malformed(self, error: FeedFormatError, what: object) -> None:
+        self.malformed_ticks += 1
+        log.warning("malformed feed tick skipped",
+                    extra={"reason": str(error), "tick": repr(what)[:300], "feedUrl": self.feed_url})
+
+    async def _publish(self, tick: PriceTick) -> None:
+        """Publish, waiting out an unavailable log rather than losing the tick.
+
+        While we wait the feed backs up; if the feed drops us for it, the
+        reconnect loop takes over.
+        """
+        value = encode(SOURCE_SERVICE, market_data_payload(tick))
+        delay = self._initial_backoff
+        while True:
+            try:
+                await self._event_log.publish(TOPIC_MARKET_DATA, tick.symbol, value)
+                break
+            except DependencyUnavailable as exc:
+                log.warning("event log unavailable; retrying tick",
+                            extra={"symbol": tick.symbol, "reason": str(exc)})
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, self._max_backoff)
+        self.ticks_published += 1

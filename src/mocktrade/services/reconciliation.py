@@ -1,0 +1,121 @@
+"""Reconciliation: does every portfolio equal its starting cash plus its
+executed trades, does every accepted order have exactly one outcome, and does
+the trade history agree with the ledger? Used by `mocktrade verify`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from ..domain import rules
+from ..domain.events import (TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS, EventDecodeError,
+                             decode_envelope, decode_trade_executed, decode_trade_order)
+from ..domain.model import ZERO, Execution
+from ..ports import EventLog, PortfolioStore, TradeHistory, TradeQuery
+
+
+@dataclass
+class Report:
+    accounts: int = 0
+    orders: int = 0
+    outcomes: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def reconcile(portfolios: PortfolioStore, history: TradeHistory,
+                    event_log: EventLog | None = None) -> Report:
+    report = Report()
+    ledger_by_order: dict[str, Execution] = {}
+    for account in await portfolios.accounts():
+        report.accounts += 1
+        ledger = await portfolios.ledger(account.user_id)
+        ledger_by_order.update((e.order_id, e) for e in ledger)
+        await _check_portfolio(portfolios, account.user_id, account.starting_cash, ledger, report)
+        await _check_history(history, account.user_id, ledger, report)
+    if event_log is not None:
+        await _check_log(event_log, ledger_by_order, report)
+    return report
+
+
+async def _check_portfolio(portfolios: PortfolioStore, user_id: str, starting_cash, ledger,
+                           report: Report) -> None:
+    portfolio = await portfolios.get(user_id)
+    if portfolio is None:
+        report.violations.append(f"{user_id}: account has no portfolio")
+        return
+    cash, holdings = rules.replay_cash(starting_cash, ledger)
+    if portfolio.cash != cash:
+        report.violations.append(
+            f"{user_id}: cash {portfolio.cash} but starting cash plus trades gives {cash}")
+    if dict(portfolio.holdings) != holdings:
+        report.violations.append(
+            f"{user_id}: holdings {dict(portfolio.holdings)} but trades give {holdings}")
+    if portfolio.cash < ZERO or any(q < ZERO for q in portfolio.holdings.values()):
+        report.violations.append(f"{user_id}: negative cash or holding")
+    executed = sum(1 for e in ledger if e.executed)
+    if portfolio.version != executed:
+        report.violations.append(
+            f"{user_id}: version {portfolio.version} but {executed} executed trades")
+
+
+async def _check_history(history: TradeHistory, user_id: str, ledger: list[Execution],
+                         report: Report) -> None:
+    stored: dict[str, Execution] = {}
+    token = None
+    while True:
+        page = await history.search(TradeQuery(user_id=user_id, limit=500, page_token=token))
+        for trade in page.trades:
+            if trade.order_id in stored:
+                report.violations.append(f"{user_id}: order {trade.order_id} twice in history")
+            stored[trade.order_id] = trade
+        token = page.next_page_token
+        if not token:
+            break
+    for entry in ledger:
+        trade = stored.pop(entry.order_id, None)
+        if trade is None:
+            report.violations.append(f"{user_id}: order {entry.order_id} missing from history")
+        elif (trade.status, trade.execution_price, trade.quantity) != (
+                entry.status, entry.execution_price, entry.quantity):
+            report.violations.append(f"{user_id}: order {entry.order_id} differs in history")
+    for order_id in stored:
+        report.violations.append(f"{user_id}: history has order {order_id} with no ledger entry")
+
+
+async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: Report) -> None:
+    """Read both topics from the start without committing anything."""
+    accepted = {o.order_id for o in await _read_all(event_log, TOPIC_TRADE_ORDERS, decode_trade_order)}
+    outcomes: dict[str, set[tuple]] = {}
+    for e in await _read_all(event_log, TOPIC_TRADE_EXECUTED, decode_trade_executed):
+        outcomes.setdefault(e.order_id, set()).add((e.status, e.execution_price, e.execution_timestamp))
+    report.orders, report.outcomes = len(accepted), len(outcomes)
+    for order_id in sorted(accepted):
+        if order_id not in ledger:
+            report.violations.append(f"order {order_id} was accepted but never executed or failed")
+        if len(outcomes.get(order_id, ())) > 1:
+            report.violations.append(f"order {order_id} has {len(outcomes[order_id])} different outcomes")
+        if order_id not in outcomes:
+            report.violations.append(f"order {order_id} has no trade_executed event")
+    for order_id in sorted(set(outcomes) - accepted):
+        report.violations.append(f"trade_executed for {order_id} with no accepted order")
+
+
+async def _read_all(event_log: EventLog, topic: str, decode) -> list:
+    consumer = event_log.consumer(topic, f"verify-{uuid.uuid4()}", reset="earliest")
+    items = []
+    try:
+        while True:
+            records = await consumer.poll(5000, 0.2)
+            if not records:
+                return items
+            for record in records:
+                try:
+                    items.append(decode(decode_envelope(record.value).payload))
+                except EventDecodeError:
+                    pass  # dead-lettered by the jobs; not an accepted order
+    finally:
+        await consumer.close()

@@ -1,0 +1,130 @@
+"""Contract fixtures: every suite runs against every adapter of its port.
+
+An adapter joins its port's suite by one `Backend` line in the lists below. A
+backend is named by "module:callable" (so a child process, as in the kill -9
+test, can build the same adapter) and is called with one location string:
+for an embedded adapter a path under the test's tmp_path, for a server-backed
+one it would be a namespace unique to the test (a topic or table prefix).
+
+Suites get an `Opener` rather than a bare adapter when they need to reopen:
+every adapter it opens points at the same data, so reopening shows what
+survives a restart. Whatever it opened is closed after the test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    target: str  # "module:callable", called with the location string
+    location: Callable[[Path], str]
+
+    def build(self, location: str) -> Any:
+        return resolve(self.target)(location)
+
+
+def resolve(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _file(name: str) -> Callable[[Path], str]:
+    return lambda tmp_path: str(tmp_path / name)
+
+
+EVENT_LOGS = [
+    Backend("sqlite", "mocktrade.adapters.embedded.eventlog:SqliteEventLog", _file("log.db")),
+]
+PRICE_CACHES = [
+    Backend("embedded", "mocktrade.adapters.embedded.prices:EmbeddedPriceCache", _file("prices.db")),
+]
+PORTFOLIO_STORES = [
+    Backend("sqlite", "mocktrade.adapters.embedded.portfolios:SqlitePortfolioStore",
+            _file("portfolios.db")),
+]
+IDEMPOTENCY_STORES = [
+    Backend("sqlite", "mocktrade.adapters.embedded.idempotency:SqliteIdempotencyStore",
+            _file("portfolios.db")),
+]
+TRADE_HISTORIES = [
+    Backend("sqlite", "mocktrade.adapters.embedded.history:SqliteTradeHistory", _file("history.db")),
+]
+ANALYTICS = [
+    Backend("chdb", "mocktrade.adapters.embedded.analytics:ChdbAnalytics", _file("analytics")),
+]
+
+
+class Opener(Generic[T]):
+    """Opens adapters on one test's data and closes them all afterwards."""
+
+    def __init__(self, backend: Backend, location: str):
+        self.backend, self.location = backend, location
+        self._opened: list[Any] = []
+
+    async def __call__(self) -> T:
+        adapter = self.backend.build(self.location)
+        self._opened.append(adapter)
+        return adapter
+
+    async def close_all(self) -> None:
+        for adapter in reversed(self._opened):
+            await adapter.close()
+
+
+def _opener_fixture(backends: list[Backend]):
+    @pytest.fixture(params=backends, ids=lambda backend: backend.name)
+    async def opener(request: pytest.FixtureRequest, tmp_path: Path):
+        backend: Backend = request.param
+        opened: Opener[Any] = Opener(backend, backend.location(tmp_path))
+        yield opened
+        await opened.close_all()
+
+    return opener
+
+
+open_event_log = _opener_fixture(EVENT_LOGS)
+open_price_cache = _opener_fixture(PRICE_CACHES)
+open_portfolio_store = _opener_fixture(PORTFOLIO_STORES)
+open_idempotency_store = _opener_fixture(IDEMPOTENCY_STORES)
+open_trade_history = _opener_fixture(TRADE_HISTORIES)
+open_analytics = _opener_fixture(ANALYTICS)
+
+
+@pytest.fixture
+async def event_log(open_event_log):
+    return await open_event_log()
+
+
+@pytest.fixture
+async def price_cache(open_price_cache):
+    return await open_price_cache()
+
+
+@pytest.fixture
+async def portfolio_store(open_portfolio_store):
+    return await open_portfolio_store()
+
+
+@pytest.fixture
+async def idempotency_store(open_idempotency_store):
+    return await open_idempotency_store()
+
+
+@pytest.fixture
+async def trade_history(open_trade_history):
+    return await open_trade_history()
+
+
+@pytest.fixture
+async def analytics(open_analytics):
+    return await open_analytics()
