@@ -157,8 +157,10 @@ class Phoenix:
 
 @contextlib.asynccontextmanager
 async def phoenix(url: str, v2: bool = False, **options):
+    # A client that stops reading with pushes in flight can miss the server's
+    # close reply behind its own full queue; do not wait the default 10 s.
     async with websockets.connect(url + ("?vsn=2.0.0" if v2 else "?vsn=1.0.0"),
-                                  compression=None, **options) as ws:
+                                  compression=None, close_timeout=1, **options) as ws:
         yield Phoenix(ws, v2)
 
 
@@ -264,12 +266,8 @@ async def test_a_slow_client_is_dropped_while_a_fast_client_keeps_receiving(tmp_
                 while True:
                     await asyncio.wait_for(slow.ws.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-            t = time.monotonic()
-        print("clients closed", time.monotonic() - t)
     finally:
-        t = time.monotonic()
         path.stop()
-        print("server stopped", time.monotonic() - t)
     assert received >= 70
 
 

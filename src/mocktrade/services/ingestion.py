@@ -48,7 +48,7 @@ class IngestionService:
     async def run(self) -> None:
         """Ingest until cancelled, reconnecting whenever the feed goes away."""
         backoff = self._initial_backoff
-        attempts = 0
+        attempts = failures = 0
         while True:
             if attempts:
                 self.reconnects += 1
@@ -58,13 +58,15 @@ class IngestionService:
                                               open_timeout=5, max_size=2 ** 22) as feed:
                     self.connected = True
                     log.info("connected to feed", extra={"feedUrl": self.feed_url})
-                    backoff = self._initial_backoff
+                    backoff, failures = self._initial_backoff, 0
                     await self._ingest(feed)
             except InvalidURI:
                 raise
             except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
-                log.warning("feed connection lost", extra={"feedUrl": self.feed_url,
-                                                           "reason": repr(exc)})
+                failures += 1
+                log.warning("feed connection lost" if self.connected else "feed unreachable",
+                            extra={"feedUrl": self.feed_url, "reason": repr(exc),
+                                   "consecutiveFailures": failures})
             finally:
                 self.connected = False
             delay = random.uniform(0, backoff)  # full jitter

@@ -139,8 +139,9 @@ def dynamodb_server(log: Path) -> tuple[str, Path]:
         if venv.exists():
             shutil.rmtree(venv)
         base_python = getattr(sys, "_base_executable", None) or sys.executable
-        _run([base_python, "-m", "venv", str(venv)], "python -m venv (dynamodb engine)", log)
-        _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              "-r", str(requirements)], "pip install (dynamodb engine)", log)
+        # No pip of its own (ensurepip alone takes many seconds): the caller's pip installs into it.
+        _run([base_python, "-m", "venv", "--without-pip", str(venv)], "python -m venv (dynamodb engine)", log)
+        _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+              "--disable-pip-version-check", "-r", str(requirements)], "pip install (dynamodb engine)", log)
         stamp.write_text(digest + "\n")
     return str(python), script
