@@ -102,6 +102,15 @@ async def test_window_given_in_another_timezone_means_the_same_instants(analytic
         expected(TRADES, T0, T0 + HOUR)
 
 
+async def test_a_batch_spanning_many_days_is_recorded(analytics):
+    # Months of trades at once, as when rebuilding analytics from a replay.
+    daily = [trade(f"d{i}", "MOCKPG", "1", "10.0000", T0 - timedelta(days=i, minutes=1))
+             for i in range(250)]
+    await analytics.record(daily)
+    assert await analytics.volume(T0 - timedelta(days=300), T0) == [
+        SymbolVolume("MOCKPG", Decimal(250), 250, Decimal("2500.00"))]
+
+
 async def test_recording_nothing_is_harmless(analytics):
     await analytics.record([])
     assert await analytics.volume(T0 - HOUR, T0 + HOUR) == []

@@ -22,6 +22,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
 
+from ...ports import DependencyUnavailable
+
 BUSY_TIMEOUT_MS = 5_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -42,16 +44,36 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+# SQLite result codes that mean "the store cannot serve now" (another process
+# kept the lock past busy_timeout, the disk is full or failing), as opposed to
+# a bug in our SQL. Callers see them as ports.DependencyUnavailable -> 503.
+_UNAVAILABLE = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
+
+
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection,
+                      dependency: str = "sqlite") -> Iterator[sqlite3.Connection]:
     """One atomic write; the lock is taken at BEGIN so no other writer sneaks in."""
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise_if_unavailable(exc, dependency)
+        raise
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise_if_unavailable(exc, dependency)
         raise
-    conn.execute("COMMIT")
+
+
+def raise_if_unavailable(exc: sqlite3.OperationalError, dependency: str) -> None:
+    if (exc.sqlite_errorcode & 0xFF) in _UNAVAILABLE:
+        raise DependencyUnavailable(dependency, str(exc)) from exc
 
 
 def to_micros(moment: datetime) -> int:

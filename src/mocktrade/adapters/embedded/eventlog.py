@@ -103,7 +103,7 @@ class SqliteEventLog:
     async def publish(self, topic: str, key: str, value: bytes,
                       headers: Mapping[str, str] | None = None) -> None:
         partition = partition_for(key, self.partitions(topic))
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "event log") as conn:
             conn.execute(_APPEND_ONE, (topic, partition, key, value,
                                        orjson.dumps(dict(headers)) if headers else None,
                                        time.time_ns() // 1000))
@@ -121,7 +121,7 @@ class SqliteEventLog:
         for key, value, headers in records:
             by_partition[partition_for(key, count)].append(
                 (key, value, orjson.dumps(dict(headers)) if headers else None, now))
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "event log") as conn:
             for partition, rows in by_partition.items():
                 first = self._end(conn, topic, partition)
                 conn.executemany(_APPEND, [(topic, partition, first + i, *row)
@@ -145,7 +145,7 @@ class SqliteEventLog:
     def _create_topic(self, topic: str) -> int:
         # An existing topic keeps the count it was created with, so keys keep
         # their partitions even if the log is reopened with another setting.
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "event log") as conn:
             conn.execute("INSERT OR IGNORE INTO log_topics (topic, partitions) VALUES (?, ?)",
                          (topic, self._default_partitions))
             (count,) = conn.execute("SELECT partitions FROM log_topics WHERE topic = ?",
@@ -180,7 +180,7 @@ class SqliteEventLog:
     def _commit(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
         # max(): a late commit of an older batch never moves the group back,
         # so records already committed are not handed out again.
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "event log") as conn:
             conn.executemany(
                 "INSERT INTO log_group_offsets (grp, topic, part, next_offset) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (grp, topic, part) DO UPDATE "
@@ -249,7 +249,7 @@ class SqliteEventLog:
         deleted = 0
         while low is not None and low < floor:
             high = min(floor, low + RETENTION_SLICE)
-            with write_transaction(self._conn) as conn:
+            with write_transaction(self._conn, "event log") as conn:
                 count = conn.execute(
                     "DELETE FROM log_records WHERE topic = ? AND part = ? "
                     "AND log_offset < ? AND timestamp_us < ?",

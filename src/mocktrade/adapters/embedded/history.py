@@ -144,7 +144,7 @@ class SqliteTradeHistory:
         rows = [_row(e) for e in executions]
 
         def upsert(conn: sqlite3.Connection) -> None:
-            with write_transaction(conn):
+            with write_transaction(conn, "trade history"):
                 conn.executemany(f"INSERT OR REPLACE INTO trades ({_COLUMNS}) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 

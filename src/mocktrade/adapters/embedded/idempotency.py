@@ -44,7 +44,7 @@ class SqliteIdempotencyStore:
 
     async def reserve(self, user_id: str, key: str, fingerprint: str,
                       order_id: str) -> IdempotencyRecord:
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "idempotency store") as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO idempotency_keys "
                 "(userId, idempotencyKey, fingerprint, orderId, created) VALUES (?, ?, ?, ?, ?)",

@@ -109,7 +109,7 @@ class SqlitePortfolioStore:
             raise ValueError("starting cash must not be negative")
         portfolio = Portfolio(user_id, cash, {}, {}, now, 0)
         try:
-            with write_transaction(self._conn) as conn:
+            with write_transaction(self._conn, "portfolio store") as conn:
                 conn.execute("INSERT INTO accounts (userId, startingCash, created) VALUES (?, ?, ?)",
                              (user_id, fmt(cash), format_time(now)))
                 self._insert_portfolio(conn, portfolio)
@@ -122,7 +122,7 @@ class SqlitePortfolioStore:
 
     async def apply_execution(self, order: Order, price: Decimal | None,
                               now: datetime) -> Execution:
-        with write_transaction(self._conn) as conn:
+        with write_transaction(self._conn, "portfolio store") as conn:
             recorded = self._read_execution(conn, order.order_id)
             if recorded is not None:
                 return recorded  # a replay: the first outcome stands
