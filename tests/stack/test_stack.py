@@ -79,8 +79,15 @@ def write_sample_data(env: dict[str, str], redis_port: int) -> None:
         "ExpressionAttributeValues": {":amount": {"N": "400.50"}, ":one": {"N": "1"}}}}]}
     assert probes.dynamodb_call(endpoint, "TransactWriteItems", debit)[0] == 200
     assert probes.dynamodb_call(endpoint, "TransactWriteItems", debit)[0] == 200
-    status, answer = probes.dynamodb_call(endpoint, "TransactWriteItems", debit)  # 199.00 left: refused
+    # 199.00 left: refused, and the ledger entry written with it is not kept either.
+    ledger = {"Put": {"TableName": "trading_portfolios", "Item": {"userId": {"S": "ledger#o-3"}},
+                      "ConditionExpression": "attribute_not_exists(userId)"}}
+    status, answer = probes.dynamodb_call(
+        endpoint, "TransactWriteItems", {"TransactItems": [ledger, *debit["TransactItems"]]})
     assert status == 400 and "TransactionCanceledException" in answer["__type"], answer
+    status, answer = probes.dynamodb_call(endpoint, "GetItem", {
+        "TableName": "trading_portfolios", "Key": {"userId": {"S": "ledger#o-3"}}})
+    assert status == 200 and "Item" not in answer, answer
 
     search = env["MOCKTRADE_ELASTICSEARCH_URL"]
     status, answer = probes.http_json("PUT", f"{search}/trading_trades-2026-01", {

@@ -57,7 +57,7 @@ def _run(command: list[str], what: str, log: Path, cwd: Path | None = None,
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, stdin=subprocess.DEVNULL)
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(command)}\n".encode() + result.stdout + result.stderr)
-        out.write(f"# {what}: exit {result.returncode} after {time.monotonic() - begin:.1f}s\n".encode())
+        out.write(f"\n# {what}: exit {result.returncode} after {time.monotonic() - begin:.1f}s\n".encode())
     if result.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         raise ArtifactError(f"{what} failed (exit {result.returncode}); see {log}:\n" + "\n".join(tail))

@@ -108,9 +108,12 @@ class Kafka(Engine):
         cluster_id = id_file.read_text().strip()
         format_jvm = [arg if not arg.startswith("-Xm") else arg[:4] + "256m" for arg in jvm]
         with open(ctx.log, "ab") as log:
-            result = subprocess.run(
-                [*format_jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=180)
+            try:
+                result = subprocess.run(
+                    [*format_jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=180)
+            except subprocess.TimeoutExpired as exc:
+                raise artifacts.ArtifactError(f"kafka storage format hung for 180s; see {ctx.log}") from exc
         if result.returncode != 0:
             raise artifacts.ArtifactError(f"kafka storage format failed; see {ctx.log}")
 
@@ -224,11 +227,11 @@ save 3600 1 300 100 60 10000
 
 class DynamoDB(Engine):
     name = "dynamodb"
-    implementation = "moto server (DynamoDB API), serialised and journaled"
+    implementation = "moto 5.2.5 server (DynamoDB API): serialised, snapshot + journal"
     port_keys = ("dynamodb",)
     default_ports = (8001,)
-    startup_timeout = 120.0  # includes replaying the journal
-    stop_grace = 10.0
+    startup_timeout = 120.0  # includes loading the snapshot and replaying the journal
+    stop_grace = 30.0  # a clean stop writes a snapshot
 
     def fetch(self, ctx: EngineContext) -> None:
         self._python, self._script = artifacts.dynamodb_server(ctx.fetch_log)
@@ -236,7 +239,7 @@ class DynamoDB(Engine):
     def command(self, ctx: EngineContext) -> list[str]:
         ctx.data.mkdir(parents=True, exist_ok=True)
         return [self._python, str(self._script), "--host", HOST, "--port", str(ctx.ports["dynamodb"]),
-                "--journal", str(ctx.data / "journal.jsonl")]
+                "--data-dir", str(ctx.data)]
 
     def child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}

@@ -158,17 +158,16 @@ def _start_and_wait(stack_dir: Path, items: list[tuple[Engine, EngineContext]]) 
                             pid_path=_pid_path(stack_dir, engine.name), env=engine.child_env())
             started.append(engine.name)
         _wait_until_ready(stack_dir, items)
-    except (StackError, ArtifactError, probes.ProbeFailed, OSError) as exc:
+    except BaseException as exc:  # Ctrl-C included: leave no half-started stack behind
         _stop_all(stack_dir, [(ENGINES[name](), _pid_path(stack_dir, name)) for name in started])
-        if isinstance(exc, StackError):
-            raise
-        raise StackError(str(exc)) from exc
+        if isinstance(exc, (ArtifactError, probes.ProbeFailed, OSError)):
+            raise StackError(str(exc)) from exc
+        raise
 
 
 def _wait_until_ready(stack_dir: Path, items: list[tuple[Engine, EngineContext]]) -> None:
     begin = time.monotonic()
     pending = {engine.name: (engine, ctx) for engine, ctx in items}
-    last_error: dict[str, str] = {}
     while pending:
         for name, (engine, ctx) in list(pending.items()):
             if processes.running_record(_pid_path(stack_dir, name)) is None:
@@ -177,7 +176,6 @@ def _wait_until_ready(stack_dir: Path, items: list[tuple[Engine, EngineContext]]
                 engine.probe(ctx)
                 engine.after_ready(ctx)
             except probes.ProbeFailed as exc:
-                last_error[name] = str(exc)
                 if time.monotonic() - begin > engine.startup_timeout:
                     raise StackError(
                         f"{name} did not become healthy within {engine.startup_timeout:.0f}s "
