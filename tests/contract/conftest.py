@@ -14,6 +14,7 @@ survives a restart. Whatever it opened is closed after the test.
 from __future__ import annotations
 
 import importlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
@@ -27,7 +28,10 @@ T = TypeVar("T")
 class Backend:
     name: str
     target: str  # "module:callable", called with the location string
-    location: Callable[[Path], str]
+    # (tmp_path, engine settings) -> location; the settings are the MOCKTRADE_*
+    # connection values of the real engines, empty for embedded backends.
+    location: Callable[[Path, dict[str, str]], str]
+    needs_engines: bool = False
 
     def build(self, location: str) -> Any:
         return resolve(self.target)(location)
@@ -38,8 +42,13 @@ def resolve(target: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _file(name: str) -> Callable[[Path], str]:
-    return lambda tmp_path: str(tmp_path / name)
+def _file(name: str) -> Callable[[Path, dict[str, str]], str]:
+    return lambda tmp_path, _engines: str(tmp_path / name)
+
+
+def _namespace(setting: str) -> Callable[[Path, dict[str, str]], str]:
+    """`<connection value>|<a name unique to this test>` for a server-backed adapter."""
+    return lambda tmp_path, engines: f"{engines[setting]}|t{uuid.uuid4().hex[:12]}"
 
 
 EVENT_LOGS = [
@@ -85,7 +94,8 @@ def _opener_fixture(backends: list[Backend]):
     @pytest.fixture(params=backends, ids=lambda backend: backend.name)
     async def opener(request: pytest.FixtureRequest, tmp_path: Path):
         backend: Backend = request.param
-        opened: Opener[Any] = Opener(backend, backend.location(tmp_path))
+        engines = request.getfixturevalue("real_engines") if backend.needs_engines else {}
+        opened: Opener[Any] = Opener(backend, backend.location(tmp_path, engines))
         yield opened
         await opened.close_all()
 
