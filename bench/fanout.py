@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -198,6 +199,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_pressure() -> float | None:
+    """Microseconds some runnable task waited for a CPU (Linux PSI); None where absent."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return float(line.rsplit("total=", 1)[1])
+
+
 def server_stats(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://{HOST}:{port}{STATS_PATH}", timeout=2) as response:
@@ -291,14 +301,20 @@ async def run(args: argparse.Namespace) -> None:
             tasks = await connect_all(args, url, symbols, window, stop_at, results)
             print(f"joined {results.joined}/{args.subscribers} subscribers "
                   f"({results.join_failures} failed); warming up {args.warmup}s", flush=True)
+            # The connections are long-lived: keep the collector from walking
+            # them, so this process's pauses do not show up as server latency.
+            gc.freeze()
             await asyncio.sleep(args.warmup)
             before = server_stats(port)
             cpu_server, cpu_client = cpu_seconds(process.pid), time.process_time()
+            stalled = cpu_pressure()
             window.start = time.time()
             window.end = window.start + args.duration
             await asyncio.sleep(args.duration)
             cpu_server = cpu_seconds(process.pid) - cpu_server
             cpu_client = time.process_time() - cpu_client
+            if stalled is not None:
+                stalled = (cpu_pressure() - stalled) / 1e6
             stop_at[0] = window.end + args.grace
             await asyncio.sleep(args.grace)
             after = server_stats(port)
@@ -308,11 +324,11 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             stop_server(process)
-    report(args, symbols, results, cpu_server, cpu_client, before, after)
+    report(args, symbols, results, cpu_server, cpu_client, stalled, before, after)
 
 
 def report(args, symbols, results: Results, cpu_server: float, cpu_client: float,
-           before: dict | None, after: dict | None) -> None:
+           stalled: float | None, before: dict | None, after: dict | None) -> None:
     expected = sum(len(results.seen.get(symbols[i % len(symbols)], ())) for i in range(args.subscribers))
     received = sum(results.received)
     nominal = args.rate * args.duration * args.subscribers / len(symbols)
@@ -329,7 +345,10 @@ def report(args, symbols, results: Results, cpu_server: float, cpu_client: float
     print(f"slow clients dropped (1013): {results.dropped}; other closes: {results.closed_otherwise}; "
           f"join failures: {results.join_failures}")
     print(f"cpu over the window: server {100 * cpu_server / args.duration:.0f}% "
-          f"client {100 * cpu_client / args.duration:.0f}% (of one core)")
+          f"client {100 * cpu_client / args.duration:.0f}% (of one core)"
+          + ("" if stalled is None else
+             f"; some task waited for a CPU {100 * stalled / args.duration:.0f}% of the time "
+             "(high means a busy machine: latency figures are then not the code's)"))
     if before and after:
         md0, md1 = before["marketdata"], after["marketdata"]
         print(f"server: pushes {md1['pushes'] - md0['pushes']}, slow clients dropped "

@@ -1,6 +1,7 @@
 """The real engines for tests: one stack per test session, on free ports.
 
-Started only when MOCKTRADE_TEST_STACK=1 (CI sets it); elsewhere a test that
+Started only when MOCKTRADE_TEST_STACK=1 (CI sets it; MOCKTRADE_TEST_STACK_DIR
+names an already running stack to reuse instead); elsewhere a test that
 needs them skips and says how to run it. A server that fails to start fails
 the tests that need it, it never skips them.
 """
@@ -41,6 +42,11 @@ def real_engines(tmp_path_factory) -> dict[str, str]:
         pytest.skip(SKIP_REASON)
     from mocktrade import stack
 
+    shared = os.environ.get("MOCKTRADE_TEST_STACK_DIR")
+    if shared:
+        # A stack kept running between test runs (development): reuse, never stop it.
+        yield {**stack.up(shared), "MOCKTRADE_STACK_DIR": shared}
+        return
     stack_dir: Path = tmp_path_factory.mktemp("stack")
     env = stack.up(stack_dir, ports=dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)))))
     try:
