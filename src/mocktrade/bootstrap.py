@@ -1,13 +1,19 @@
-"""The only place that picks adapters for ports and wires services to them."""
+"""The only place that picks adapters for ports and wires services to them.
+
+A role is served by its real engine when its setting names one (see
+config.Settings), else by the embedded stand-in in the data directory. The
+same services and jobs run either way: all in one process (`Platform`, the
+embedded default) or one per process (`service_app`, distributed mode).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from functools import cached_property
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 
@@ -30,153 +36,331 @@ log = logging.getLogger("mocktrade.bootstrap")
 
 EXECUTION_GROUP = "trade-execution"
 PERSISTENCE_GROUP = "trade-persistence"
+INTERNAL_USER = "mocktrade-internal"
+
+SERVICES = ("gateway", "order", "portfolio", "query", "marketdata", "ingestion", "feed")
+JOBS = ("execution", "persistence")
+
+# The roles (see readiness.configured_engines) each process needs.
+ROLES = {
+    "gateway": {"log", "prices", "portfolios", "history", "analytics"},
+    "order": {"log", "prices", "portfolios"},
+    "portfolio": {"prices", "portfolios"},
+    "query": {"prices", "history", "analytics"},
+    "marketdata": {"log", "prices"},
+    "ingestion": {"log"},
+    "feed": set(),
+    "execution": {"log", "prices", "portfolios"},
+    "persistence": {"log", "history", "analytics"},
+}
 
 
-def data_paths(settings: Settings) -> dict[str, object]:
-    root = settings.data_dir
-    return {
-        "eventlog": root / "eventlog.sqlite3",
-        "prices": root / "prices.sqlite3",
-        "portfolios": root / "portfolios.sqlite3",
-        "history": root / "history.sqlite3",
-        "analytics": root / "analytics",
-    }
+class Resources:
+    """The adapters of one process, each opened on first use and closed once."""
+
+    def __init__(self, settings: Settings, *, owns_analytics: bool = True):
+        self.settings, self.owns_analytics = settings, owns_analytics
+        self._opened: list = []
+
+    def _keep(self, adapter):
+        self._opened.append(adapter)
+        return adapter
+
+    def _path(self, name: str):
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.settings.data_dir / name
+
+    @cached_property
+    def event_log(self) -> EventLog:
+        s = self.settings
+        if s.kafka_bootstrap:
+            from .adapters.kafka import KafkaEventLog
+            return self._keep(KafkaEventLog(s.kafka_bootstrap, topic_prefix=s.table_prefix,
+                                            partitions=s.kafka_partitions))
+        from .adapters.embedded.eventlog import SqliteEventLog
+        return self._keep(SqliteEventLog(self._path("eventlog.sqlite3"), partitions=s.log_partitions))
+
+    @cached_property
+    def prices(self) -> PriceCache:
+        if self.settings.redis_url:
+            from .adapters.redis import RedisPriceCache
+            return self._keep(RedisPriceCache(self.settings.redis_url, key_prefix=self.settings.table_prefix))
+        from .adapters.embedded.prices import EmbeddedPriceCache
+        return self._keep(EmbeddedPriceCache(self._path("prices.sqlite3")))
+
+    @cached_property
+    def idempotency(self) -> IdempotencyStore:
+        if self.settings.redis_url:
+            from .adapters.redis import RedisIdempotencyStore
+            return self._keep(RedisIdempotencyStore(self.settings.redis_url,
+                                                    key_prefix=self.settings.table_prefix))
+        from .adapters.embedded.idempotency import SqliteIdempotencyStore
+        return self._keep(SqliteIdempotencyStore(self._path("portfolios.sqlite3")))
+
+    @cached_property
+    def portfolios(self) -> PortfolioStore:
+        s = self.settings
+        if s.dynamodb_endpoint:
+            from .adapters.dynamodb import DynamoDbPortfolioStore
+            endpoint = None if s.dynamodb_endpoint == "aws" else s.dynamodb_endpoint
+            return self._keep(DynamoDbPortfolioStore(endpoint, region=s.dynamodb_region,
+                                                     table_prefix=s.table_prefix))
+        from .adapters.embedded.portfolios import SqlitePortfolioStore
+        return self._keep(SqlitePortfolioStore(self._path("portfolios.sqlite3")))
+
+    @cached_property
+    def history(self) -> TradeHistory:
+        if self.settings.elasticsearch_url:
+            from .adapters.elasticsearch import ElasticsearchTradeHistory
+            return self._keep(ElasticsearchTradeHistory(self.settings.elasticsearch_url,
+                                                        index_prefix=self.settings.table_prefix))
+        from .adapters.embedded.history import SqliteTradeHistory
+        return self._keep(SqliteTradeHistory(self._path("history.sqlite3")))
+
+    @cached_property
+    def analytics(self) -> Analytics:
+        s = self.settings
+        if s.analytics_url and not self.owns_analytics:
+            from .adapters.analytics_http import HttpAnalytics
+            return self._keep(HttpAnalytics(s.analytics_url, self.tokens.issue(INTERNAL_USER)))
+        if s.clickhouse_url:
+            from .adapters.clickhouse import ClickHouseAnalytics
+            return self._keep(ClickHouseAnalytics.from_url(s.clickhouse_url))
+        from .adapters.embedded.analytics import ChdbAnalytics
+        return self._keep(ChdbAnalytics(self._path("analytics")))
+
+    @cached_property
+    def tokens(self) -> TokenIssuer:
+        return TokenIssuer(self.settings.resolved_jwt_secret(), self.settings.token_ttl_seconds)
+
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
+
+    async def close(self) -> None:
+        for adapter in reversed(self._opened):
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        self._opened.clear()
+
+
+# -- the single-purpose pieces, shared by both modes ---------------------------
+
+def order_service(r: Resources) -> OrderService:
+    return OrderService(r.event_log, r.prices, r.portfolios, r.idempotency, frozenset(r.settings.symbols))
+
+
+def query_service(r: Resources) -> QueryService:
+    return QueryService(r.history, r.analytics, r.prices, frozenset(r.settings.symbols))
+
+
+def execution_job(r: Resources) -> Callable[[], Awaitable[None]]:
+    handler = ExecutionHandler(r.portfolios, r.prices, r.event_log)
+    return lambda: run_consumer(r.event_log, TOPIC_TRADE_ORDERS, EXECUTION_GROUP, handler.handle,
+                                max_records=500)
+
+
+def persistence_job(r: Resources) -> Callable[[], Awaitable[None]]:
+    handler = PersistenceHandler(r.history, r.analytics, r.event_log)
+    return lambda: run_consumer(r.event_log, TOPIC_TRADE_EXECUTED, PERSISTENCE_GROUP, handler.handle,
+                                max_records=5000, poll_timeout=0.2)
+
+
+def feed_url(settings: Settings) -> str:
+    return settings.feed_url or f"ws://{settings.host}:{settings.port}/feed/v1/ticks"
 
 
 def open_portfolios(settings: Settings) -> PortfolioStore:
-    from .adapters.embedded.portfolios import SqlitePortfolioStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqlitePortfolioStore(data_paths(settings)["portfolios"])
+    return Resources(settings).portfolios
 
 
 def open_history(settings: Settings) -> TradeHistory:
-    from .adapters.embedded.history import SqliteTradeHistory
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteTradeHistory(data_paths(settings)["history"])
+    return Resources(settings).history
 
 
 def open_event_log(settings: Settings) -> EventLog:
-    from .adapters.embedded.eventlog import SqliteEventLog
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteEventLog(data_paths(settings)["eventlog"], partitions=settings.log_partitions)
-
-
-@dataclass
-class Backends:
-    event_log: EventLog
-    prices: PriceCache
-    portfolios: PortfolioStore
-    idempotency: IdempotencyStore
-    history: TradeHistory
-    analytics: Analytics
-
-    async def close(self) -> None:
-        for backend in (self.analytics, self.history, self.idempotency, self.portfolios,
-                        self.prices, self.event_log):
-            with contextlib.suppress(Exception):
-                await backend.close()
-
-
-def open_embedded_backends(settings: Settings) -> Backends:
-    from .adapters.embedded.analytics import ChdbAnalytics
-    from .adapters.embedded.idempotency import SqliteIdempotencyStore
-    from .adapters.embedded.prices import EmbeddedPriceCache
-
-    paths = data_paths(settings)
-    return Backends(
-        event_log=open_event_log(settings),
-        prices=EmbeddedPriceCache(paths["prices"]),
-        portfolios=open_portfolios(settings),
-        idempotency=SqliteIdempotencyStore(paths["portfolios"]),
-        history=open_history(settings),
-        analytics=ChdbAnalytics(paths["analytics"]),
-    )
+    return Resources(settings).event_log
 
 
 def token_issuer(settings: Settings) -> TokenIssuer:
     return TokenIssuer(settings.resolved_jwt_secret(), settings.token_ttl_seconds)
 
 
-class Platform:
-    """Every service and job of the reference architecture in one process."""
+async def ensure_demo_accounts(portfolios: PortfolioStore, settings: Settings) -> list[str]:
+    """Create the demo users on a first start (no accounts at all yet)."""
+    if await portfolios.accounts():
+        return []
+    created = []
+    for user in settings.demo_users:
+        with contextlib.suppress(AccountExists):
+            await portfolios.create_account(user, settings.demo_cash, datetime.now(timezone.utc))
+            created.append(user)
+    return created
 
-    def __init__(self, settings: Settings, backends: Backends):
-        from .feed.simulator import PriceSimulator
-        from .services.ingestion import IngestionService
-        from .services.marketdata import MarketDataService
 
-        self.settings, self.backends = settings, backends
-        symbols = frozenset(settings.symbols)
-        b = backends
-        self.simulator = PriceSimulator(list(settings.symbols), settings.feed_ticks_per_second,
-                                        settings.feed_volatility, seed=settings.feed_seed)
-        feed_url = settings.feed_url or f"ws://{settings.host}:{settings.port}/feed/v1/ticks"
-        self.ingestion = IngestionService(feed_url, b.event_log)
-        self.marketdata = MarketDataService(b.event_log, b.prices, symbols, settings.ws_client_buffer)
-        self.orders = OrderService(b.event_log, b.prices, b.portfolios, b.idempotency, symbols)
-        self.portfolio = PortfolioService(b.portfolios, b.prices)
-        self.query = QueryService(b.history, b.analytics, b.prices, symbols)
-        self.execution = ExecutionHandler(b.portfolios, b.prices, b.event_log)
-        self.persistence = PersistenceHandler(b.history, b.analytics, b.event_log)
-        self.tokens = token_issuer(settings)
+class Process:
+    """One OS process: some routes, some background tasks, a readiness check."""
+
+    def __init__(self, name: str, resources: Resources, roles: set[str]):
+        self.name, self.resources, self.roles = name, resources, roles
         self.supervisor = Supervisor()
+        self.routes: list = []
+        self.parts = GatewayParts(tokens=resources.tokens, limiter=resources.limiter())
+        self._starters: list[Callable[[], Awaitable[None]]] = []
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self.started = False
 
-    async def ensure_demo_accounts(self) -> list[str]:
-        created = []
-        now = datetime.now(timezone.utc)
-        if await self.backends.portfolios.accounts():
-            return created
-        for user in self.settings.demo_users:
-            with contextlib.suppress(AccountExists):
-                await self.backends.portfolios.create_account(user, self.settings.demo_cash, now)
-                created.append(user)
-        return created
+    def background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        self._starters.append(lambda: _started(self.supervisor, name, factory))
+
+    def on_start(self, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]] | None = None):
+        self._starters.append(start)
+        if stop:
+            self._stoppers.append(stop)
 
     async def start(self) -> None:
-        await self.ensure_demo_accounts()
-        log_ = self.backends.event_log
-        self.supervisor.start("feed-simulator", self.simulator.run)
-        await self.marketdata.start()
-        self.supervisor.start("ingestion", self.ingestion.run)
-        self.supervisor.start("execution-job", lambda: run_consumer(
-            log_, TOPIC_TRADE_ORDERS, EXECUTION_GROUP, self.execution.handle, max_records=500))
-        self.supervisor.start("persistence-job", lambda: run_consumer(
-            log_, TOPIC_TRADE_EXECUTED, PERSISTENCE_GROUP, self.persistence.handle,
-            max_records=5000, poll_timeout=0.2))
-        self.supervisor.start("log-retention", self._retain)
+        from . import readiness
 
-    async def _retain(self) -> None:
-        while True:
-            await asyncio.sleep(3600)
-            await self.backends.event_log.apply_retention()
+        await readiness.wait_for(readiness.configured_engines(self.resources.settings, self.roles))
+        for start in self._starters:
+            await start()
+        self.started = True
+        log.info("started", extra={"process": self.name})
 
     async def stop(self) -> None:
         await self.supervisor.stop()
-        await self.marketdata.stop()
-        await self.backends.close()
+        for stop in reversed(self._stoppers):
+            with contextlib.suppress(Exception):
+                await stop()
+        await self.resources.close()
 
     async def readiness(self) -> dict[str, str]:
-        checks = {name: "ok" if alive else "stopped" for name, alive in self.supervisor.running().items()}
-        checks["prices"] = "ok" if await self.backends.prices.all_prices() else "no prices yet"
+        from . import readiness
+
+        checks = {"startup": "ok" if self.started else "starting"}
+        checks.update({n: "ok" if alive else "stopped" for n, alive in self.supervisor.running().items()})
+        checks.update(await readiness.check(readiness.configured_engines(self.resources.settings, self.roles)))
         return checks
 
     def app(self) -> FastAPI:
-        from .feed.server import feed_routes
-
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-            await self.start()
+            # Start in the background so /healthz and /readyz answer (not ready)
+            # while an engine is still missing.
+            starting = asyncio.create_task(self.start())
+            starting.add_done_callback(_report_failed_start)
             try:
                 yield
             finally:
+                starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await starting
                 await self.stop()
 
-        return create_app(GatewayParts(
-            tokens=self.tokens,
-            limiter=RateLimiter(self.settings.rate_limit_per_second, self.settings.rate_limit_burst),
-            orders=self.orders, portfolio=self.portfolio, query=self.query,
-            extra_routes=[*self.marketdata.routes(), *feed_routes(self.simulator)],
-            readiness=self.readiness, lifespan=lifespan))
+        self.parts.extra_routes = self.routes
+        self.parts.readiness = self.readiness
+        self.parts.lifespan = lifespan
+        return create_app(self.parts)
+
+
+def _report_failed_start(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("start failed", exc_info=task.exception())
+
+
+async def _started(supervisor: Supervisor, name: str, factory) -> None:
+    supervisor.start(name, factory)
+
+
+def _add_marketdata(p: Process) -> None:
+    from .services.marketdata import MarketDataService
+
+    r = p.resources
+    service = MarketDataService(r.event_log, r.prices, r.settings.symbols, r.settings.ws_client_buffer)
+    p.routes += service.routes()
+    p.on_start(service.start, service.stop)
+
+
+def _add_feed(p: Process) -> None:
+    from .feed.server import feed_routes
+    from .feed.simulator import PriceSimulator
+
+    s = p.resources.settings
+    simulator = PriceSimulator(list(s.symbols), s.feed_ticks_per_second, s.feed_volatility, seed=s.feed_seed)
+    p.routes += feed_routes(simulator)
+    p.background("feed-simulator", simulator.run)
+
+
+def _add_ingestion(p: Process) -> None:
+    from .services.ingestion import IngestionService
+
+    p.background("ingestion", IngestionService(feed_url(p.resources.settings), p.resources.event_log).run)
+
+
+def _add_analytics_owner(p: Process) -> None:
+    from .adapters.analytics_http import internal_routes
+
+    r = p.resources
+
+    def authorized(request) -> bool:
+        try:
+            return r.tokens.user_of(request.headers.get("authorization")) == INTERNAL_USER
+        except Exception:
+            return False
+    p.routes += internal_routes(r.analytics, authorized)
+
+
+def service_process(name: str, settings: Settings) -> Process:
+    """One service or job of the reference architecture, as its own process."""
+    owns_analytics = name == "persistence" or not settings.analytics_url
+    r = Resources(settings, owns_analytics=owns_analytics)
+    p = Process(name, r, ROLES[name])
+    if name in ("gateway", "order"):
+        p.parts.orders = order_service(r)
+    if name in ("gateway", "portfolio"):
+        p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
+    if name in ("gateway", "query"):
+        p.parts.query = query_service(r)
+    if name == "marketdata":
+        _add_marketdata(p)
+    if name == "ingestion":
+        _add_ingestion(p)
+    if name == "feed":
+        _add_feed(p)
+    if name == "execution":
+        p.background("execution-job", execution_job(r))
+    if name == "persistence":
+        p.background("persistence-job", persistence_job(r))
+        if not settings.clickhouse_url:
+            _add_analytics_owner(p)
+    return p
+
+
+def embedded_platform(settings: Settings) -> Process:
+    """Every service and job of the reference architecture in one process."""
+    r = Resources(settings)
+    p = Process("platform", r, set())
+    p.parts.orders = order_service(r)
+    p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
+    p.parts.query = query_service(r)
+
+    async def demo_accounts() -> None:
+        await ensure_demo_accounts(r.portfolios, settings)
+    p.on_start(demo_accounts)
+    _add_feed(p)
+    _add_marketdata(p)
+    _add_ingestion(p)
+    p.background("execution-job", execution_job(r))
+    p.background("persistence-job", persistence_job(r))
+
+    async def retain() -> None:
+        while True:
+            await asyncio.sleep(3600)
+            await r.event_log.apply_retention()
+    p.background("log-retention", retain)
+
+    async def prices_flowing() -> dict[str, str]:
+        checks = await Process.readiness(p)
+        checks["prices"] = "ok" if await r.prices.all_prices() else "no prices yet"
+        return checks
+    p.readiness = prices_flowing
+    return p

@@ -16,6 +16,9 @@ from .config import ConfigError, Settings
 from .domain.money import AmountError, fmt, parse_cash
 from .ports import AccountExists
 
+SERVICES = ("gateway", "order", "portfolio", "query", "marketdata", "ingestion", "feed")
+JOBS = ("execution", "persistence")
+
 
 class CommandError(Exception):
     """One clear sentence for the operator; no traceback."""
@@ -27,9 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="where data lives (env MOCKTRADE_DATA_DIR, default ./.mocktrade)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="start the whole platform in this process")
+    up = commands.add_parser("up", help="start the whole platform (embedded, in this process)")
     up.add_argument("--host", help="address to bind (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="port to bind (default 8000)")
+    up.add_argument("--distributed", action="store_true",
+                    help="start the real engines and one process per service and job")
+
+    serve = commands.add_parser("serve", help="run one service as its own process")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+
+    job = commands.add_parser("job", help="run a job as a consumer-group process")
+    job.add_argument("job", choices=JOBS)
+    job.add_argument("--host", help="address of its health endpoint (default 127.0.0.1)")
+    job.add_argument("--port", type=int, help="port of its health endpoint (default 8000)")
+
+    stack = commands.add_parser("stack", help="the real engines on this machine: up | down | status | env",
+                                add_help=False)
+    stack.add_argument("stack_args", nargs=argparse.REMAINDER,
+                       help="up|down|status|env [--dir DIR] [--engines a,b] [--port KEY=PORT]")
 
     accounts = commands.add_parser("accounts", help="manage user accounts")
     account_commands = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
@@ -60,8 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "up" and args.distributed:
+        from .launcher import run_distributed
+        return run_distributed(settings.with_overrides(host=args.host, port=args.port))
     if args.command == "up":
         return _up(settings.with_overrides(host=args.host, port=args.port))
+    if args.command in ("serve", "job"):
+        name = args.service if args.command == "serve" else args.job
+        return _serve(name, settings.with_overrides(host=args.host, port=args.port))
+    if args.command == "stack":
+        return _stack(settings, args.stack_args)
     if args.command == "accounts" and args.accounts_command == "create":
         return asyncio.run(_create_account(settings, args.user, args.cash))
     if args.command == "accounts":
@@ -88,27 +116,48 @@ def _hold_data_dir(settings: Settings):
     return handle
 
 
-def _up(settings: Settings) -> int:
+def _run_server(app, settings: Settings) -> None:
     import uvicorn
 
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_config=None, access_log=False, loop="uvloop", http="httptools",
+                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
+
+
+def _serve(name: str, settings: Settings) -> int:
     from . import logs
-    from .bootstrap import Platform, open_embedded_backends
+    from .bootstrap import service_process
+
+    logs.configure(settings.log_level)
+    _run_server(service_process(name, settings).app(), settings)
+    return 0
+
+
+def _stack(settings: Settings, argv: list[str]) -> int:
+    from .stack.__main__ import main as stack_main
+
+    if "--dir" not in argv:
+        argv = [*argv, "--dir", str(settings.data_dir / "stack")]
+    return stack_main(argv)
+
+
+def _up(settings: Settings) -> int:
+    from . import logs
+    from .bootstrap import embedded_platform
 
     logs.configure(settings.log_level)
     lock = _hold_data_dir(settings)
-    platform = Platform(settings, open_embedded_backends(settings))
+    platform = embedded_platform(settings)
     base = f"http://{settings.host}:{settings.port}"
     demo = settings.demo_users[0]
     print(f"mocktrade {__version__} (embedded) on {base}\n"
           f"  API docs:    {base}/v1/docs\n"
           f"  prices:      ws://{settings.host}:{settings.port}/v1/marketdata (Phoenix channels)\n"
           f"  data dir:    {settings.data_dir.resolve()}\n"
-          f"  demo token for {demo}: {platform.tokens.issue(demo)}", flush=True)
-    config = uvicorn.Config(platform.app(), host=settings.host, port=settings.port,
-                            log_config=None, access_log=False, loop="uvloop", http="httptools",
-                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
+          f"  demo token for {demo}: {platform.resources.tokens.issue(demo)}", flush=True)
     try:
-        uvicorn.Server(config).run()
+        _run_server(platform.app(), settings)
     finally:
         lock.close()
     return 0

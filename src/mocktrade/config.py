@@ -53,6 +53,25 @@ class Settings:
     demo_cash: Decimal = Decimal("100000.00")
     demo_users: tuple[str, ...] = ("alice", "bob")
     log_level: str = field(default="INFO")
+    # Distributed mode: a role is served by its real engine when its setting
+    # is non-empty, else by the embedded stand-in in data_dir.
+    kafka_bootstrap: str = ""
+    kafka_partitions: int = 4
+    redis_url: str = ""
+    dynamodb_endpoint: str = ""  # "aws" means AWS's own endpoint for the region
+    dynamodb_region: str = "us-east-1"
+    elasticsearch_url: str = ""
+    clickhouse_url: str = ""  # http://host:8123/db, or chdb:///path
+    # Where the query service reads analytics when another process owns the
+    # chDB directory (the persistence job serves it).
+    analytics_url: str = ""
+    # Prefix of every table, index, topic and key name, so that several
+    # deployments (or test runs) can share one set of engines.
+    table_prefix: str = ""
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.kafka_bootstrap)
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None) -> "Settings":
@@ -76,6 +95,15 @@ class Settings:
             log_partitions=_number("LOG_PARTITIONS", "4", int),
             ws_client_buffer=_number("WS_CLIENT_BUFFER", "256", int),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
+            kafka_bootstrap=_env("KAFKA_BOOTSTRAP", ""),
+            kafka_partitions=_number("KAFKA_PARTITIONS", "4", int),
+            redis_url=_env("REDIS_URL", ""),
+            dynamodb_endpoint=_env("DYNAMODB_ENDPOINT", ""),
+            dynamodb_region=_env("DYNAMODB_REGION", "us-east-1"),
+            elasticsearch_url=_env("ELASTICSEARCH_URL", ""),
+            clickhouse_url=_env("CLICKHOUSE_URL", ""),
+            analytics_url=_env("ANALYTICS_URL", ""),
+            table_prefix=_env("TABLE_PREFIX", ""),
         )
 
     def with_overrides(self, **changes) -> "Settings":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import httpx
 import pytest
 
-from mocktrade.bootstrap import Backends
 from mocktrade.adapters.embedded.analytics import ChdbAnalytics
 from mocktrade.adapters.embedded.eventlog import SqliteEventLog
 from mocktrade.adapters.embedded.history import SqliteTradeHistory
@@ -22,6 +22,20 @@ from mocktrade.services.orders import OrderService
 from mocktrade.services.portfolio import PortfolioService
 from mocktrade.services.query import QueryService
 from mocktrade.services.ratelimit import RateLimiter
+
+@dataclass
+class Backends:
+    event_log: SqliteEventLog
+    prices: EmbeddedPriceCache
+    portfolios: SqlitePortfolioStore
+    idempotency: SqliteIdempotencyStore
+    history: SqliteTradeHistory
+    analytics: ChdbAnalytics
+
+    async def close(self) -> None:
+        for adapter in vars(self).values():
+            await adapter.close()
+
 
 SYMBOLS = frozenset({"MOCKAAPL", "MOCKMSFT"})
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
