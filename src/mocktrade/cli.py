@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port to bind (default 8000)")
     up.add_argument("--distributed", action="store_true",
                     help="start the real engines and one process per service and job")
+    up.add_argument("--replicas", default="", metavar="NAME=N,...",
+                    help="with --distributed: replicas per service or job, e.g. marketdata=2,execution=2")
+    up.add_argument("--stack-dir", help="with --distributed: the engines' directory (default DATA_DIR/stack)")
+    up.add_argument("--keep-stack", action="store_true",
+                    help="with --distributed: leave the engines running on exit")
 
     serve = commands.add_parser("serve", help="run one service as its own process")
     serve.add_argument("service", choices=SERVICES)
@@ -81,8 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up" and args.distributed:
-        from .launcher import run_distributed
-        return run_distributed(settings.with_overrides(host=args.host, port=args.port))
+        from .launcher import parse_replicas, run_distributed
+        try:
+            replicas = parse_replicas(args.replicas)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return run_distributed(settings.with_overrides(host=args.host, port=args.port), replicas,
+                               Path(args.stack_dir) if args.stack_dir else None, args.keep_stack)
     if args.command == "up":
         return _up(settings.with_overrides(host=args.host, port=args.port))
     if args.command in ("serve", "job"):
@@ -210,14 +220,15 @@ async def _verify(settings: Settings, wait: float) -> int:
     from .bootstrap import open_event_log, open_history, open_portfolios
     from .services.reconciliation import reconcile
 
-    if not (settings.data_dir / "portfolios.sqlite3").exists():
+    if not settings.distributed and not (settings.data_dir / "portfolios.sqlite3").exists():
         raise CommandError(f"no mocktrade data in {settings.data_dir}")
     portfolios, history, event_log = open_portfolios(settings), open_history(settings), open_event_log(settings)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
         while True:
-            report = await reconcile(portfolios, history, event_log)
+            report = await reconcile(portfolios, history, event_log,
+                                     drain_idle=5.0 if settings.distributed else 0.2)
             if report.ok or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.5)

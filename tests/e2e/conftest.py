@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -22,22 +24,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(size: int = 50) -> int:
+    """A base port whose next `size` ports are all free (distributed mode uses a block)."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        try:
+            sockets = []
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free block of ports")
+
+
 class RunningPlatform:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+    """`mocktrade up`, embedded; or `up --distributed` on the session's real engines."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
+                 engines: dict[str, str] | None = None):
         self.data_dir = data_dir
-        self.port = free_port()
+        self.distributed = engines is not None
+        self.port = free_port_block() if self.distributed else free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/marketdata"
+        ws_port = self.port + 1 if self.distributed else self.port
+        self.ws_url = f"ws://127.0.0.1:{ws_port}/v1/marketdata"
+        engine_env = {k: v for k, v in (engines or {}).items() if k != "MOCKTRADE_STACK_DIR"}
+        if self.distributed:
+            # Topics, tables, indices and keys of this platform only.
+            engine_env["MOCKTRADE_TABLE_PREFIX"] = f"e2e{uuid.uuid4().hex[:8]}_"
+        self.stack_dir = (engines or {}).get("MOCKTRADE_STACK_DIR")
         self.env = {**os.environ, "MOCKTRADE_DATA_DIR": str(data_dir),
                     "MOCKTRADE_FEED_TICKS_PER_SECOND": "100", "MOCKTRADE_FEED_SEED": "7",
-                    **(env or {})}
+                    **engine_env, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"platform-{self.port}.log"
 
-    def start(self, timeout: float = 60.0) -> "RunningPlatform":
+    def command(self) -> list[str]:
+        if self.distributed:
+            return [*MOCKTRADE, "up", "--distributed", "--keep-stack", "--stack-dir", self.stack_dir,
+                    "--port", str(self.port)]
+        return [*MOCKTRADE, "up", "--port", str(self.port)]
+
+    def pid_of(self, name: str) -> int:
+        return int((self.data_dir / "logs" / f"{name}.pid").read_text())
+
+    def start(self, timeout: float = 120.0) -> "RunningPlatform":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([*MOCKTRADE, "up", "--port", str(self.port)], env=self.env,
+        self.process = subprocess.Popen(self.command(), env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -52,7 +92,10 @@ class RunningPlatform:
         raise RuntimeError(f"mocktrade up not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        text = self.log_path.read_text(errors="replace")[-5000:]
+        for child_log in sorted((self.data_dir / "logs").glob("*.log")):
+            text += f"\n--- {child_log.name}\n" + child_log.read_text(errors="replace")[-1500:]
+        return text
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([*MOCKTRADE, *args], env=self.env, capture_output=True, text=True,
@@ -77,14 +120,15 @@ class RunningPlatform:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(15)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    running = RunningPlatform(tmp_path_factory.mktemp("platform") / "data").start()
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def platform(request, tmp_path_factory):
+    engines = request.getfixturevalue("real_engines") if request.param == "distributed" else None
+    running = RunningPlatform(tmp_path_factory.mktemp("platform") / "data", engines=engines).start()
     yield running
     running.stop()
 

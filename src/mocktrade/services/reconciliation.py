@@ -27,7 +27,9 @@ class Report:
 
 
 async def reconcile(portfolios: PortfolioStore, history: TradeHistory,
-                    event_log: EventLog | None = None) -> Report:
+                    event_log: EventLog | None = None, drain_idle: float = 0.2) -> Report:
+    """`drain_idle`: how long the log must stay silent to count as read to its
+    end (a Kafka group join alone takes seconds)."""
     report = Report()
     ledger_by_order: dict[str, Execution] = {}
     for account in await portfolios.accounts():
@@ -37,7 +39,7 @@ async def reconcile(portfolios: PortfolioStore, history: TradeHistory,
         await _check_portfolio(portfolios, account.user_id, account.starting_cash, ledger, report)
         await _check_history(history, account.user_id, ledger, report)
     if event_log is not None:
-        await _check_log(event_log, ledger_by_order, report)
+        await _check_log(event_log, ledger_by_order, report, drain_idle)
     return report
 
 
@@ -86,11 +88,13 @@ async def _check_history(history: TradeHistory, user_id: str, ledger: list[Execu
         report.violations.append(f"{user_id}: history has order {order_id} with no ledger entry")
 
 
-async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: Report) -> None:
+async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: Report,
+                     drain_idle: float) -> None:
     """Read both topics from the start without committing anything."""
-    accepted = {o.order_id for o in await _read_all(event_log, TOPIC_TRADE_ORDERS, decode_trade_order)}
+    accepted = {o.order_id for o in await _read_all(event_log, TOPIC_TRADE_ORDERS, decode_trade_order,
+                                                    drain_idle)}
     outcomes: dict[str, set[tuple]] = {}
-    for e in await _read_all(event_log, TOPIC_TRADE_EXECUTED, decode_trade_executed):
+    for e in await _read_all(event_log, TOPIC_TRADE_EXECUTED, decode_trade_executed, drain_idle):
         outcomes.setdefault(e.order_id, set()).add((e.status, e.execution_price, e.execution_timestamp))
     report.orders, report.outcomes = len(accepted), len(outcomes)
     for order_id in sorted(accepted):
@@ -104,12 +108,12 @@ async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: 
         report.violations.append(f"trade_executed for {order_id} with no accepted order")
 
 
-async def _read_all(event_log: EventLog, topic: str, decode) -> list:
+async def _read_all(event_log: EventLog, topic: str, decode, drain_idle: float) -> list:
     consumer = event_log.consumer(topic, f"verify-{uuid.uuid4()}", reset="earliest")
     items = []
     try:
         while True:
-            records = await consumer.poll(5000, 0.2)
+            records = await consumer.poll(5000, drain_idle)
             if not records:
                 return items
             for record in records:
