@@ -47,8 +47,9 @@ class RunningPlatform:
     """`mocktrade up`, embedded; or `up --distributed` on the session's real engines."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 engines: dict[str, str] | None = None):
+                 engines: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()):
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.distributed = engines is not None
         self.port = free_port_block() if self.distributed else free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -68,7 +69,7 @@ class RunningPlatform:
     def command(self) -> list[str]:
         if self.distributed:
             return [*MOCKTRADE, "up", "--distributed", "--keep-stack", "--stack-dir", self.stack_dir,
-                    "--port", str(self.port)]
+                    "--port", str(self.port), *self.extra_args]
         return [*MOCKTRADE, "up", "--port", str(self.port)]
 
     def pid_of(self, name: str) -> int:
