@@ -17,7 +17,7 @@ up: install
 	$(BIN)/mocktrade up
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(or $(PYTEST_ARGS),-q)
 
 clean:
 	rm -rf $(VENV) .mocktrade

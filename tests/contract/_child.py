@@ -18,8 +18,14 @@ import sys
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 
 from mocktrade.domain.model import Order, Side
+
+# Backend targets may live in the test tree ("tests.contract.real_backends_*"),
+# which a script run as `python tests/contract/_child.py` cannot import unless
+# the repository root is on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def build(target: str, location: str):

@@ -53,23 +53,37 @@ def _namespace(setting: str) -> Callable[[Path, dict[str, str]], str]:
 
 EVENT_LOGS = [
     Backend("sqlite", "mocktrade.adapters.embedded.eventlog:SqliteEventLog", _file("log.db")),
+    Backend("kafka", "tests.contract.real_backends_kafka:kafka_event_log",
+            _namespace("MOCKTRADE_KAFKA_BOOTSTRAP"), needs_engines=True),
 ]
 PRICE_CACHES = [
     Backend("embedded", "mocktrade.adapters.embedded.prices:EmbeddedPriceCache", _file("prices.db")),
+    Backend("redis", "tests.contract.real_backends_redis_dynamodb:redis_price_cache",
+            _namespace("MOCKTRADE_REDIS_URL"), needs_engines=True),
 ]
 PORTFOLIO_STORES = [
     Backend("sqlite", "mocktrade.adapters.embedded.portfolios:SqlitePortfolioStore",
             _file("portfolios.db")),
+    Backend("dynamodb", "tests.contract.real_backends_redis_dynamodb:dynamodb_portfolio_store",
+            _namespace("MOCKTRADE_DYNAMODB_ENDPOINT"), needs_engines=True),
 ]
 IDEMPOTENCY_STORES = [
     Backend("sqlite", "mocktrade.adapters.embedded.idempotency:SqliteIdempotencyStore",
             _file("portfolios.db")),
+    Backend("redis", "tests.contract.real_backends_redis_dynamodb:redis_idempotency_store",
+            _namespace("MOCKTRADE_REDIS_URL"), needs_engines=True),
 ]
 TRADE_HISTORIES = [
     Backend("sqlite", "mocktrade.adapters.embedded.history:SqliteTradeHistory", _file("history.db")),
+    Backend("elasticsearch", "tests.contract.real_backends_search:elasticsearch_trade_history",
+            _namespace("MOCKTRADE_ELASTICSEARCH_URL"), needs_engines=True),
 ]
 ANALYTICS = [
     Backend("chdb", "mocktrade.adapters.embedded.analytics:ChdbAnalytics", _file("analytics")),
+    # ClickHouseAnalytics.from_url: a server if MOCKTRADE_CLICKHOUSE_URL is set, else chdb:///tmp-dir.
+    Backend("clickhouse-url", "tests.contract.real_backends_search:clickhouse_analytics",
+            lambda tmp_path, engines: resolve(
+                "tests.contract.real_backends_search:clickhouse_location")(tmp_path, engines)),
 ]
 
 
