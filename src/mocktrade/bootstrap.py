@@ -112,8 +112,11 @@ class Resources:
     def history(self) -> TradeHistory:
         if self.settings.elasticsearch_url:
             from .adapters.elasticsearch import ElasticsearchTradeHistory
+            # The persistence job commits offsets only after the bulk write is
+            # durable; waiting for a refresh (~1 s) would buy nothing there.
             return self._keep(ElasticsearchTradeHistory(self.settings.elasticsearch_url,
-                                                        index_prefix=self.settings.table_prefix))
+                                                        index_prefix=self.settings.table_prefix,
+                                                        refresh=False))
         from .adapters.embedded.history import SqliteTradeHistory
         return self._keep(SqliteTradeHistory(self._path("history.sqlite3")))
 
@@ -125,7 +128,7 @@ class Resources:
             return self._keep(HttpAnalytics(s.analytics_url, self.tokens.issue(INTERNAL_USER)))
         if s.clickhouse_url:
             from .adapters.clickhouse import ClickHouseAnalytics
-            return self._keep(ClickHouseAnalytics.from_url(s.clickhouse_url))
+            return self._keep(ClickHouseAnalytics.from_url(s.clickhouse_url, table_prefix=s.table_prefix))
         from .adapters.embedded.analytics import ChdbAnalytics
         return self._keep(ChdbAnalytics(self._path("analytics")))
 

@@ -187,6 +187,22 @@ async def test_market_data_events_become_cached_prices(ports, service):
     assert service.stats()["ticksConsumed"] == 1
 
 
+async def test_a_backlog_of_one_symbol_is_conflated_to_its_newest_tick(ports, service):
+    event_log, cache = ports
+    client = Connection(service)
+    client.say(v1("prices:MOCKAAA", "phx_join"))
+    await client.next_frame()
+    await settle()
+    for price in ("1.0000", "2.0000", "3.0000"):  # all land before the consumer polls again
+        await event_log.publish(TOPIC_MARKET_DATA, "MOCKAAA",
+                                encode("test", market_data_payload(tick(price))))
+    assert (await client.next_frame())["payload"]["price"] == "3.0000"
+    await settle()
+    assert len(client.frames()) == 2
+    assert cache.latest["MOCKAAA"].price == Decimal("3.0000")
+    assert service.stats()["ticksConsumed"] == 3 and service.stats()["ticksConflated"] == 2
+
+
 async def test_undecodable_records_go_to_the_dead_letter_topic(ports, service):
     event_log, cache = ports
     await event_log.publish(TOPIC_MARKET_DATA, "MOCKAAA", b"{not json", {"origin": "test"})
