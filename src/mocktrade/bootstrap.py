@@ -227,7 +227,7 @@ class Process:
         for start in self._starters:
             await start()
         self.started = True
-        log.info("started", extra={"process": self.name})
+        log.info("started", extra={"service": self.name})
 
     async def stop(self) -> None:
         await self.supervisor.stop()

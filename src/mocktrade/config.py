@@ -19,8 +19,32 @@ class ConfigError(ValueError):
     pass
 
 
+ENGINES_FILE = "engines.env"
+
+# Settings written by `up --distributed` into the data dir, so that commands
+# run later on the same data dir (token, accounts, verify) reach the same
+# engines; the environment still wins.
+_file_defaults: dict[str, str] = {}
+
+
 def _env(name: str, default: str) -> str:
-    return os.environ.get(f"MOCKTRADE_{name}", default)
+    key = f"MOCKTRADE_{name}"
+    return os.environ.get(key, _file_defaults.get(key, default))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("MOCKTRADE_"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def write_env_file(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
 
 
 def _number(name: str, default: str, kind: type = float):
@@ -75,6 +99,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None) -> "Settings":
+        root = Path(data_dir or os.environ.get("MOCKTRADE_DATA_DIR", ".mocktrade"))
+        _file_defaults.clear()
+        _file_defaults.update(read_env_file(root / ENGINES_FILE))
         symbols = tuple(s.strip().upper() for s in _env("SYMBOLS", ",".join(DEFAULT_SYMBOLS)).split(",") if s.strip())
         if not symbols:
             raise ConfigError("MOCKTRADE_SYMBOLS names no symbol")

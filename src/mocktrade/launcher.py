@@ -111,6 +111,10 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
     stack_dir = stack_dir or settings.data_dir / "stack"
     print(f"starting the engines in {stack_dir} ...", flush=True)
     engine_env = stack.up(stack_dir)
+    from .config import ENGINES_FILE, write_env_file
+
+    write_env_file(settings.data_dir / ENGINES_FILE, {
+        **engine_env, **({"MOCKTRADE_TABLE_PREFIX": settings.table_prefix} if settings.table_prefix else {})})
     settings = settings.with_overrides(
         kafka_bootstrap=engine_env.get("MOCKTRADE_KAFKA_BOOTSTRAP"),
         redis_url=engine_env.get("MOCKTRADE_REDIS_URL"),

@@ -314,16 +314,31 @@ class ElasticsearchTradeHistory:
             raise DependencyUnavailable(DEPENDENCY, detail)
         raise ElasticsearchError(detail)
 
+    async def _search(self, body: dict[str, Any]) -> dict[str, Any]:
+        # A monthly index the persistence job has just created answers "all
+        # shards failed" until its primary shard starts; that lasts a moment,
+        # so retry briefly before calling the engine unavailable.
+        delay = 0.05
+        for attempt in range(6):
+            try:
+                # ignore_unavailable: before the first trade no index (so no alias) exists.
+                return await self._request(
+                    "POST", f"/{self.alias}/_search", body=body,
+                    params={"ignore_unavailable": "true", "allow_no_indices": "true"})
+            except DependencyUnavailable as exc:
+                if attempt == 5 or "search_phase_execution_exception" not in str(exc):
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
     async def search(self, query: TradeQuery) -> TradePage:
         if query.limit < 1:
             raise ValueError("limit must be at least 1")
         if query.limit > MAX_LIMIT:
             raise ValueError(f"limit must be at most {MAX_LIMIT}")
         cursor = decode_page_token(query.page_token) if query.page_token else None
-        # ignore_unavailable: before the first trade no index (so no alias) exists.
-        answer = await self._request(
-            "POST", f"/{self.alias}/_search", body=search_body(query, cursor),
-            params={"ignore_unavailable": "true", "allow_no_indices": "true"})
+        answer = await self._search(search_body(query, cursor))
         hits = answer["hits"]["hits"]
         more = len(hits) > query.limit
         trades = [execution(hit["_source"]) for hit in hits[:query.limit]]

@@ -7,6 +7,10 @@ clients joined to `prices:{SYMBOL}`, speaking the Phoenix Channels protocol.
 Going through the cache (rather than pushing straight from the log) is what
 lets several replicas each serve their own clients every update.
 
+When the service falls behind, a polled batch holding several ticks of one
+symbol is conflated to the newest: only that one is still the price, and
+pushing the older ones first would only make it later.
+
 Fan-out never waits on a client: each update is encoded once per serializer
 and offered to every member's bounded queue, which that client's own sender
 task drains. A client whose queue is full is too slow to be worth the memory
@@ -168,6 +172,7 @@ class MarketDataService:
         self._subscription: PriceSubscription | None = None
         self._stopping = asyncio.Event()
         self.ticks_consumed = 0
+        self.ticks_conflated = 0
         self.dead_lettered = 0
         self.updates_fanned_out = 0
         self.slow_clients_dropped = 0
@@ -191,7 +196,8 @@ class MarketDataService:
     def stats(self) -> dict[str, int]:
         return {"connectedClients": len(self._subscribers), "pushes": self._hub.pushes,
                 "slowClientsDropped": self.slow_clients_dropped,
-                "ticksConsumed": self.ticks_consumed, "deadLettered": self.dead_lettered,
+                "ticksConsumed": self.ticks_consumed, "ticksConflated": self.ticks_conflated,
+                "deadLettered": self.dead_lettered,
                 "updatesFannedOut": self.updates_fanned_out,
                 "protocolErrors": self.protocol_errors}
 
@@ -209,6 +215,7 @@ class MarketDataService:
                            reset="latest", stop=self._stopping)
 
     async def _apply(self, records: list[LogRecord]) -> None:
+        latest: dict[str, PriceTick] = {}
         undecodable: list[tuple[LogRecord, str]] = []
         for record in records:
             try:
@@ -216,8 +223,16 @@ class MarketDataService:
             except EventDecodeError as exc:
                 undecodable.append((record, str(exc)))
                 continue
+            # A symbol lives in one partition, so its records arrive in order.
+            latest[tick.symbol] = tick
+        decoded = len(records) - len(undecodable)
+        # A batch of several ticks per symbol means we are behind: only the
+        # newest is still a price, so the older ones are conflated away
+        # rather than pushed late to every client.
+        for tick in latest.values():
             await self._price_cache.set_price(tick)
-            self.ticks_consumed += 1
+        self.ticks_consumed += decoded
+        self.ticks_conflated += decoded - len(latest)
         # Dead letters go last: if the cache fails first, the batch is retried
         # without publishing them twice (setting a price again is harmless).
         for record, reason in undecodable:
