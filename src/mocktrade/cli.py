@@ -131,7 +131,8 @@ def _run_server(app, settings: Settings) -> None:
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_config=None, access_log=False, loop="uvloop", http="httptools",
-                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
+                            ws="websockets-sansio", ws_per_message_deflate=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
 
 
