@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -93,11 +92,11 @@ async def test_a_subscriber_that_reads_while_prices_flow(price_cache):
 
 async def test_a_stalled_subscriber_never_blocks_publishing(price_cache):
     stalled = price_cache.subscribe()  # never read while prices are set
-    started = time.monotonic()
-    sent = [tick("MOCKTSLA", f"{i}.0000", i) for i in range(1, 20_001)]
+    # More updates than any subscriber buffer holds; each set must still
+    # return promptly (the wait_for), however far behind the reader is.
+    sent = [tick("MOCKTSLA", f"{i}.0000", i) for i in range(1, 5_001)]
     for update in sent:
         await asyncio.wait_for(price_cache.set_price(update), 1.0)
-    assert time.monotonic() - started < 20
     assert await price_cache.get_price("MOCKTSLA") == sent[-1]
 
     # Whatever the subscriber still gets comes in order and ends with the newest.
