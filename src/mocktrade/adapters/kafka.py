@@ -24,8 +24,14 @@ concurrent publishers ~20-26k/s with any of them).
 
 Topics are created on first use (with the configured partition count and
 replication factor) if they do not exist; the cluster is expected to run with
-auto topic creation off. Every name is prefixed by `topic_prefix`, and so is
-every consumer group, so several deployments or tests can share one cluster.
+auto topic creation off. A topic is used only once every partition's leader
+answers (ListOffsets): a partition created moments ago can refuse the first
+produce requests ("not leader") yet take the next ones, and librdkafka then
+counts the refused records as written, because a later batch of the same
+producer succeeded ("implicit ack"; the broker, holding no state for a new
+producer, accepted the gap). Those records would be acknowledged and lost.
+Every name is prefixed by `topic_prefix`, and so is every consumer group, so
+several deployments or tests can share one cluster.
 
 Consuming. Each `consumer()` is one member of a Kafka consumer group, with
 the classic protocol and cooperative-sticky assignment by default (a
@@ -34,21 +40,29 @@ the heartbeat: 1 s, session 10 s). `group_protocol="consumer"` selects KIP-848
 instead; there the broker sets the heartbeat (5 s by default) and a member
 of a topic created moments earlier can wait one heartbeat for partitions.
 Auto commit is off: `commit` stores, per partition, the offset after the
-highest record given, synchronously. Uncommitted records are delivered again
-after a restart or a rebalance (at-least-once), which the idempotent handlers
-make harmless. A librdkafka consumer is not meant to be shared between
-threads, so each consumer owns one worker thread that makes all its calls.
+highest record given, synchronously, and never moves a partition back.
+Uncommitted records are delivered again after a restart or a rebalance
+(at-least-once), which the idempotent handlers make harmless; so a commit the
+cluster refuses (partitions lost to a rebalance, coordinator unreachable) is
+logged, not raised: its records simply come again. A librdkafka consumer is
+not meant to be shared between threads, so each consumer owns one worker
+thread that makes all its calls; a poll returns as soon as one record is
+there, with whatever else is already fetched (up to max_records).
 
 Where a member starts on a partition it is given: after the group's commit if
 there is one; else, for reset="earliest", at the oldest record kept; for
-reset="latest", at the first record written after `consumer()` was called (not
-after the group join, which finishes a little later: a record published right
-after creating the consumer is not skipped, as with the embedded log).
+reset="latest", at the first record stamped after the millisecond in which
+`consumer()` was called (not after the group join, which finishes a little
+later: a record published right after creating the consumer is not skipped,
+as with the embedded log). Producers' clocks stamp records, so this is as
+exact as those clocks agree, to the millisecond.
 
 A consumer's first `poll` includes joining the group (tens of milliseconds on
 a local broker, more if other members must first give up partitions); its
-timeout counts from when the member has its partitions, so a first poll that
-returns [] really means "nothing there".
+timeout counts from when the member has its partitions. Nor does a poll
+return [] while a partition that held records at assignment has delivered
+none yet (bounded by JOIN_WAIT), so [] means "nothing there", not "not
+fetched yet", as with the embedded log.
 """
 
 from __future__ import annotations
@@ -65,7 +79,7 @@ from typing import Literal, Mapping, Sequence
 
 from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError,
                              KafkaException, Message, Producer, TopicPartition)
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from ..ports import DependencyUnavailable, LogRecord
 
@@ -106,14 +120,15 @@ _LOST_OWNERSHIP = {
 }
 
 
-class PublishFailed(Exception):
-    """The cluster refused a record for a reason other than being unavailable."""
+class KafkaRequestFailed(Exception):
+    """The cluster refused a request for a reason other than being unavailable
+    (a bug or a misconfiguration: record too large, topic not allowed, ...)."""
 
 
 def _failure(error: KafkaError, what: str) -> Exception:
     if error.code() in _UNAVAILABLE or error.retriable() or error.fatal():
         return DependencyUnavailable("kafka", f"{what}: {error.str()}")
-    return PublishFailed(f"{what}: {error.str()}")
+    return KafkaRequestFailed(f"{what}: {error.str()}")
 
 
 def _unavailable(exc: Exception, what: str) -> Exception:
@@ -171,13 +186,15 @@ class KafkaEventLog:
         return name
 
     def ensure_topic_blocking(self, name: str) -> None:
-        """Create the topic if it is missing and wait until brokers know it."""
+        """Create the topic if it is missing; return once every partition has
+        a leader that takes writes (see the module docstring for why)."""
         if name in self._known_topics:
             return
         admin, timeout = self._admin_client(), self._delivery_timeout
         deadline = time.monotonic() + timeout
         try:
-            if not self._visible(admin, name, timeout):
+            count = self._partition_count(admin, name, timeout)
+            if not count:
                 created = admin.create_topics(
                     [NewTopic(name, self._partitions, self._replication)],
                     request_timeout=timeout, operation_timeout=timeout)[name]
@@ -186,20 +203,40 @@ class KafkaEventLog:
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
-                while not self._visible(admin, name, max(deadline - time.monotonic(), 0.1)):
+                while not (count := self._partition_count(admin, name, timeout)):
                     if time.monotonic() > deadline:
-                        raise DependencyUnavailable("kafka", f"topic {name} created but not visible")
+                        raise DependencyUnavailable("kafka", f"topic {name} not visible")
                     time.sleep(0.02)
+            self._wait_for_leaders(admin, name, count, deadline)
         except KafkaException as exc:
             raise _unavailable(exc, f"topic {name}") from exc
         except FutureTimeout as exc:
-            raise DependencyUnavailable("kafka", f"creating topic {name} timed out") from exc
+            raise DependencyUnavailable("kafka", f"topic {name} timed out") from exc
         self._known_topics.add(name)
 
     @staticmethod
-    def _visible(admin: AdminClient, name: str, timeout: float) -> bool:
+    def _partition_count(admin: AdminClient, name: str, timeout: float) -> int:
         metadata = admin.list_topics(topic=name, timeout=timeout).topics.get(name)
-        return metadata is not None and metadata.error is None and bool(metadata.partitions)
+        return len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+
+    def _wait_for_leaders(self, admin: AdminClient, name: str, count: int,
+                          deadline: float) -> None:
+        """Until every partition answers ListOffsets (its leader is online)."""
+        while True:
+            answers = admin.list_offsets(
+                {TopicPartition(name, p): OffsetSpec.latest() for p in range(count)},
+                request_timeout=self._delivery_timeout)
+            refused = None
+            for answer in answers.values():
+                try:
+                    answer.result(timeout=self._delivery_timeout + 1)
+                except KafkaException as exc:
+                    refused = exc
+            if refused is None:
+                return
+            if time.monotonic() > deadline:
+                raise refused
+            time.sleep(0.02)
 
     # -- producing --------------------------------------------------------
 
@@ -258,8 +295,14 @@ class KafkaEventLog:
         records still keep their order.
         """
         name = await self._ensure_topic(topic)
-        deliveries = [await self._send(name, key, value, headers) for key, value, headers in records]
-        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        deliveries: list[asyncio.Future] = []
+        try:
+            for key, value, headers in records:
+                deliveries.append(await self._send(name, key, value, headers))
+        finally:
+            # Even when handing over failed midway: what was handed over is
+            # waited for, so no report goes unobserved.
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -281,7 +324,8 @@ class KafkaEventLog:
         deadline = time.monotonic() + self._delivery_timeout
         while True:
             try:
-                producer.produce(name, value, key.encode(), headers=encoded, on_delivery=on_delivery)
+                producer.produce(name, value, key.encode(), headers=encoded,
+                                 on_delivery=on_delivery)
                 return delivered
             except BufferError:
                 # The local queue is full: the cluster is slow or gone. Give the
@@ -410,6 +454,9 @@ class KafkaLogConsumer:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{topic}")
         self._subscribed = False
         self._assigned = threading.Event()
+        # partition -> its end at assignment, while none of its records came yet
+        self._behind: dict[int, int] = {}
+        self._behind_until = 0.0
         self._closing = False
         self._closed = False
         # Records a cancelled poll had already taken; the next poll returns them first.
@@ -433,44 +480,69 @@ class KafkaLogConsumer:
         self._log.ensure_topic_blocking(self._name)
         if self._consumer is None:
             self._consumer = Consumer(self._log._consumer_config(self._group, self._reset))
-        self._consumer.subscribe([self._name], on_assign=self._on_assign)
+        self._consumer.subscribe([self._name], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._subscribed = True
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start each new partition at an explicit offset, all resolved at once,
         so the first fetch already covers every partition (see module docstring)."""
-        try:
-            start = self._start_positions(consumer, partitions)
-        except KafkaException as exc:
-            log.warning("kafka consumer falls back to auto.offset.reset",
-                        extra={"topic": self._name, "reason": str(exc)})
-            start = partitions
+        deadline = time.monotonic() + self._log._delivery_timeout
+        while True:
+            try:
+                start, ends = self._start_positions(consumer, partitions)
+                break
+            except KafkaException as exc:
+                # A topic created moments ago may not have its leaders ready.
+                error = exc.args[0]
+                if (error.retriable() or error.code() in _UNAVAILABLE) \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                log.warning("kafka consumer falls back to auto.offset.reset: %s", exc,
+                            extra={"topic": self._name})
+                start, ends = partitions, {}
+                break
         consumer.incremental_assign(start)
+        # Records that were there at assignment: until the first of a partition
+        # arrives, an empty poll would only mean "not fetched yet".
+        self._behind.update({tp.partition: ends[tp.partition] for tp in start
+                             if 0 <= tp.offset < ends.get(tp.partition, 0)})
+        self._behind_until = time.monotonic() + JOIN_WAIT
         self._assigned.set()
+        log.debug("kafka consumer assigned", extra={
+            "topic": self._name, "partitions": [(tp.partition, tp.offset) for tp in start]})
 
-    def _start_positions(self, consumer: Consumer,
-                         partitions: list[TopicPartition]) -> list[TopicPartition]:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._behind.pop(tp.partition, None)
+
+    def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]
+                         ) -> tuple[list[TopicPartition], dict[int, int]]:
+        """Where each partition starts, and where each ended at this moment."""
         if not partitions:
-            return []
+            return [], {}
         timeout = self._log._delivery_timeout
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout)}
-        fresh = [tp.partition for tp in partitions if committed.get(tp.partition, -1) < 0]
+        # Watermarks before the time lookup: with "latest", a partition that
+        # has nothing newer than the consumer starts at the end as it was
+        # *before* that lookup, so no record written meanwhile is skipped.
+        marks = {tp.partition: consumer.get_watermark_offsets(
+            TopicPartition(self._name, tp.partition), timeout, cached=False) for tp in partitions}
         start = {p: o for p, o in committed.items() if o >= 0}
-        if fresh:
-            # Watermarks first: with "latest", a partition that has nothing at
-            # or after the creation time starts at the end as it was *before*
-            # that lookup, so no record written meanwhile is skipped.
-            marks = {p: consumer.get_watermark_offsets(TopicPartition(self._name, p),
-                                                       timeout, cached=False) for p in fresh}
-            if self._reset == "earliest":
-                start.update({p: low for p, (low, _high) in marks.items()})
-            else:
-                found = consumer.offsets_for_times(
-                    [TopicPartition(self._name, p, self._created_ms) for p in fresh], timeout)
-                start.update({tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1]
-                              for tp in found})
-        return [TopicPartition(self._name, tp.partition, start.get(tp.partition, OFFSET_INVALID))
-                for tp in partitions]
+        fresh = [tp.partition for tp in partitions if tp.partition not in start]
+        if fresh and self._reset == "earliest":
+            start.update({p: marks[p][0] for p in fresh})
+        elif fresh:
+            # The first record stamped after the millisecond of consumer():
+            # one stamped within it may have been written just before.
+            found = consumer.offsets_for_times(
+                [TopicPartition(self._name, p, self._created_ms + 1) for p in fresh], timeout)
+            start.update({tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1]
+                          for tp in found})
+        return ([TopicPartition(self._name, tp.partition, start.get(tp.partition, OFFSET_INVALID))
+                 for tp in partitions],
+                {p: high for p, (_low, high) in marks.items()})
 
     # -- polling ----------------------------------------------------------
 
@@ -512,14 +584,28 @@ class KafkaLogConsumer:
         deadline = time.monotonic() + timeout
         while not records and not self._closing:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not self._still_behind():
                 return []
-            self._take(self._consumer.poll(min(remaining, POLL_SLICE)), records)
+            self._take(self._consumer.poll(min(max(remaining, 0.01), POLL_SLICE)), records)
         # One record arrived: add whatever else is already fetched, no waiting.
         if len(records) < max_records:
             for message in self._consumer.consume(max_records - len(records), 0):
                 self._take(message, records)
         return records
+
+    def _still_behind(self) -> bool:
+        """Whether records that existed at assignment have yet to start arriving."""
+        if self._behind and time.monotonic() > self._behind_until:
+            log.warning("kafka consumer gave up waiting for its backlog",
+                        extra={"topic": self._name, "partitions": sorted(self._behind)})
+            self._behind.clear()
+        for partition, end in list(self._behind.items()):
+            # Control records (transaction markers) move the position without
+            # delivering anything.
+            (position,) = self._consumer.position([TopicPartition(self._name, partition)])
+            if position.offset >= end:
+                del self._behind[partition]
+        return bool(self._behind)
 
     def _sleep_until(self, deadline: float) -> None:
         while not self._closing and time.monotonic() < deadline:
@@ -533,9 +619,10 @@ class KafkaLogConsumer:
             if error.fatal():
                 raise KafkaException(error)
             if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka consumer error", extra={"topic": self._name,
-                                                           "reason": error.str()})
+                client_log.warning("kafka consumer error %s: %s", error.name(), error.str(),
+                                   extra={"topic": self._name})
             return
+        self._behind.pop(message.partition(), None)
         kind, millis = message.timestamp()
         key = message.key()
         records.append(LogRecord(
@@ -566,15 +653,19 @@ class KafkaLogConsumer:
         try:
             results = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
+            # Lost the partitions to a rebalance, or the cluster is down: the
+            # records will be delivered again (to this member or another),
+            # which at-least-once allows; raising would only stop the consumer.
             error = exc.args[0]
-            if error.code() in _LOST_OWNERSHIP:
-                log.warning("kafka commit refused after a rebalance; records will be redelivered",
-                            extra={"topic": self._name, "reason": error.str()})
+            if error.code() in _LOST_OWNERSHIP or error.code() in _UNAVAILABLE or error.retriable():
+                log.warning("kafka commit failed, its records will be delivered again: %s",
+                            error.str(), extra={"topic": self._name})
                 return
-            raise _unavailable(exc, f"commit on {self._name}") from exc
+            raise
         for tp in results or offsets:
             if tp.error is None:
-                self._committed[tp.partition] = max(self._committed.get(tp.partition, -1), tp.offset)
+                self._committed[tp.partition] = max(self._committed.get(tp.partition, -1),
+                                                    tp.offset)
             else:
                 log.warning("kafka commit refused for a partition",
                             extra={"topic": self._name, "partition": tp.partition,
