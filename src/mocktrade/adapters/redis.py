@@ -61,6 +61,7 @@ from ..domain.events import EventDecodeError, format_time, parse_time
 from ..domain.model import PriceTick
 from ..domain.money import fmt
 from ..ports import DependencyUnavailable, IdempotencyRecord
+from .subscription import END, BoundedSubscription
 
 log = logging.getLogger(__name__)
 
@@ -116,43 +117,19 @@ def _decode_update(data: str | bytes) -> PriceTick:
 
 # -- PriceCache ----------------------------------------------------------------
 
-_END = None  # queued after the last update when a subscription ends
 
 
-class RedisPriceSubscription:
+class RedisPriceSubscription(BoundedSubscription):
     """ports.PriceSubscription over its own Redis pub/sub connection."""
 
     def __init__(self, cache: "RedisPriceCache", maxsize: int):
+        super().__init__(maxsize)
         self._cache = cache
-        self._queue: asyncio.Queue[PriceTick | None] = asyncio.Queue(maxsize)
-        self._closed = False
         self.ready = asyncio.Event()  # set once Redis confirmed the SUBSCRIBE
-        self.dropped = 0  # updates dropped because the reader fell behind
         self.undecodable = 0
         self.reconnects = 0
         self._reader = asyncio.get_running_loop().create_task(
             self._read(), name="redis-price-subscription")
-
-    def offer(self, item: PriceTick | None) -> None:
-        """Enqueue without ever blocking; the oldest update makes room."""
-        if self._closed:
-            return
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(item)
-
-    def __aiter__(self) -> AsyncIterator[PriceTick]:
-        return self
-
-    async def __anext__(self) -> PriceTick:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        tick = await self._queue.get()
-        if tick is _END:
-            self._closed = True
-            raise StopAsyncIteration
-        return tick
 
     async def aclose(self) -> None:
         if self._closed:
@@ -162,15 +139,12 @@ class RedisPriceSubscription:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        # Forget what is pending and wake a reader blocked in __anext__.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(_END)
+        self._discard_and_end()
 
     def _end(self) -> asyncio.Task:
         """The cache closed: the iteration ends after what is queued."""
         self._reader.cancel()
-        self.offer(_END)
+        self.offer(END)
         self._closed = True
         return self._reader
 

@@ -12,13 +12,12 @@ prices only the newest tick matters, so dropping the oldest is the right end.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import AsyncIterator
 
 from ...domain.events import format_time, parse_time
 from ...domain.model import PriceTick
 from ...domain.money import fmt
+from ..subscription import END, BoundedSubscription
 from ._sqlite import connect, dec
 
 DEFAULT_SUBSCRIBER_BUFFER = 1024
@@ -31,47 +30,17 @@ CREATE TABLE IF NOT EXISTS latest_prices (
 ) WITHOUT ROWID;
 """
 
-_END = None  # queued after the last update when the cache closes
-
-
-class PriceSubscriptionQueue:
+class PriceSubscriptionQueue(BoundedSubscription):
     """ports.PriceSubscription: every update after subscribing, oldest first."""
 
     def __init__(self, cache: "EmbeddedPriceCache", maxsize: int):
+        super().__init__(maxsize)
         self._cache = cache
-        self._queue: asyncio.Queue[PriceTick | None] = asyncio.Queue(maxsize)
-        self._closed = False
-        self.dropped = 0
-
-    def offer(self, item: PriceTick | None) -> None:
-        """Enqueue without ever blocking; the oldest update makes room."""
-        if self._closed:
-            return
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(item)
-
-    def __aiter__(self) -> AsyncIterator[PriceTick]:
-        return self
-
-    async def __anext__(self) -> PriceTick:
-        if self._closed:
-            raise StopAsyncIteration
-        tick = await self._queue.get()
-        if tick is _END:
-            self._closed = True
-            raise StopAsyncIteration
-        return tick
 
     async def aclose(self) -> None:
         if not self._closed:
             self._cache._unsubscribe(self)
-            self._closed = True
-            # Forget what is pending and wake a reader blocked in __anext__.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(_END)
+            self._discard_and_end()
 
 
 class EmbeddedPriceCache:
@@ -126,6 +95,6 @@ class EmbeddedPriceCache:
             return
         self._closed = True
         for subscription in list(self._subscribers):
-            subscription.offer(_END)
+            subscription.offer(END)
         self._subscribers.clear()
         self._conn.close()
