@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("job", choices=JOBS)
     job.add_argument("--host", help="address of its health endpoint (default 127.0.0.1)")
     job.add_argument("--port", type=int, help="port of its health endpoint (default 8000)")
+    job.add_argument("--engine", choices=("consumer", "flink"),
+                     default=os.environ.get("MOCKTRADE_JOB_ENGINE") or "consumer",
+                     help="consumer: a Kafka consumer group in this process (default); flink: a "
+                          "PyFlink job on a local mini-cluster (env MOCKTRADE_JOB_ENGINE)")
 
     stack = commands.add_parser("stack", help="the real engines on this machine: up | down | status | env",
                                 add_help=False)
@@ -95,6 +99,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                                Path(args.stack_dir) if args.stack_dir else None, args.keep_stack)
     if args.command == "up":
         return _up(settings.with_overrides(host=args.host, port=args.port))
+    if args.command == "job" and args.engine == "flink":
+        return _flink_job(args.job, settings.with_overrides(host=args.host, port=args.port))
     if args.command in ("serve", "job"):
         name = args.service if args.command == "serve" else args.job
         return _serve(name, settings.with_overrides(host=args.host, port=args.port))
@@ -142,6 +148,17 @@ def _serve(name: str, settings: Settings) -> int:
 
     logs.configure(settings.log_level)
     _run_server(service_process(name, settings).app(), settings)
+    return 0
+
+
+def _flink_job(name: str, settings: Settings) -> int:
+    from . import logs
+    from .jobs.flink.service import flink_job_process
+
+    if not settings.kafka_bootstrap:
+        raise CommandError("a Flink job reads Kafka: set MOCKTRADE_KAFKA_BOOTSTRAP (distributed mode)")
+    logs.configure(settings.log_level)
+    _run_server(flink_job_process(name, settings).app(), settings)
     return 0
 
 

@@ -39,6 +39,16 @@ class LogRecord:
     timestamp: datetime | None = None
 
 
+def offsets_after(records: Sequence[LogRecord], topic: str) -> dict[int, int]:
+    """Per partition, the offset after the highest of `records`: what a commit stores."""
+    next_offsets: dict[int, int] = {}
+    for record in records:
+        if record.topic != topic:
+            raise ValueError(f"record of topic {record.topic!r} committed on {topic!r}")
+        next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
+    return next_offsets
+
+
 class LogConsumer(Protocol):
     async def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[LogRecord]:
         """Records after this consumer's position, in partition order; [] on timeout."""

@@ -81,7 +81,7 @@ from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, 
                              KafkaException, Message, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-from ..ports import DependencyUnavailable, LogRecord
+from ..ports import DependencyUnavailable, LogRecord, offsets_after
 
 log = logging.getLogger("mocktrade.kafka")
 # librdkafka's own log lines and client errors; see _Throttle.
@@ -637,12 +637,7 @@ class KafkaLogConsumer:
     # -- committing -------------------------------------------------------
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            if record.topic != self._topic:
-                raise ValueError(f"record of topic {record.topic!r} committed on {self._topic!r}")
-            next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
-                                                 record.offset + 1)
+        next_offsets = offsets_after(records, self._topic)
         # Never move the group back: a late commit of an older batch is a no-op.
         offsets = [TopicPartition(self._name, p, o) for p, o in sorted(next_offsets.items())
                    if o > self._committed.get(p, -1)]

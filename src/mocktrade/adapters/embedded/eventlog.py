@@ -27,7 +27,7 @@ from typing import Literal, Mapping, Sequence
 import orjson
 
 from ...domain.model import utc_now
-from ...ports import LogRecord
+from ...ports import LogRecord, offsets_after
 from ._sqlite import connect, from_micros, to_micros, write_transaction
 
 DEFAULT_RETENTION = timedelta(days=7)
@@ -330,12 +330,7 @@ class SqliteLogConsumer:
         return records
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            if record.topic != self._topic:
-                raise ValueError(f"record of topic {record.topic!r} committed on {self._topic!r}")
-            next_offsets[record.partition] = max(next_offsets.get(record.partition, 0),
-                                                 record.offset + 1)
+        next_offsets = offsets_after(records, self._topic)
         if next_offsets:
             self._log._commit(self._group, self._topic, next_offsets)
 

@@ -1,0 +1,188 @@
+"""The Flink job file: `python job.py execution|persistence` (PyFlink venv).
+
+Run by `mocktrade job NAME --engine flink` on a local mini-cluster, with
+PYTHONPATH naming the project's src/ and MOCKTRADE_FLINK_JARS the connector
+jars. The same file is submitted unchanged to a Flink cluster:
+
+    flink run -py src/mocktrade/jobs/flink/job.py -pyfs src \
+        --jarfile infra/flink/target/lib/flink-connector-kafka-3.3.0-1.20.jar \
+        execution
+
+(with the other jars of infra/flink/target/lib in the cluster's lib/ or via
+pipeline.jars, the MOCKTRADE_* settings in the TaskManagers' environment and
+the client libraries of infra/flink/requirements.txt in their Python.)
+
+Topology, both jobs:
+  Kafka table source (key: raw STRING, value: raw BYTES, partition, offset and
+  headers metadata; group offsets, committed first, else earliest; offsets
+  committed on each completed checkpoint)
+  -> to a DataStream, keyed (execution: userId, the record key; persistence:
+  a bucket of the userId, so batches are a few keys' worth)
+  -> ExecuteOrders / PersistTrades (operators.py), which call the shared
+  handlers; their output (trade_executed events, dead letters) is published
+  by the handler through the project's Kafka adapter and is durable before
+  the element counts as processed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `mocktrade` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from mocktrade.config import Settings  # noqa: E402
+from mocktrade.jobs.deadletter import dead_letter_topic  # noqa: E402
+from mocktrade.jobs.flink.options import FlinkJobOptions  # noqa: E402
+
+BUCKETS = 16
+
+
+def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
+    conf = {
+        "python.execution-mode": options.execution_mode,
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "parallelism.default": str(options.parallelism),
+        "execution.checkpointing.interval": f"{options.checkpoint_interval_ms} ms",
+        # Barrier alignment is what unaligned checkpoints need (they stall less
+        # behind a backlog); the output is at-least-once either way.
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.unaligned.enabled": "true",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        "execution.checkpointing.dir": options.checkpoint_dir,
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.max-backoff": "30 s",
+        "restart-strategy.exponential-delay.backoff-multiplier": "2.0",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": "5 min",
+        "restart-strategy.exponential-delay.jitter-factor": "0.1",
+        "python.fn-execution.bundle.time": "20",
+    }
+    if options.restore_from:
+        conf["execution.savepoint.path"] = options.restore_from
+        conf["execution.savepoint.ignore-unclaimed-state"] = "true"
+    jars = os.environ.get("MOCKTRADE_FLINK_JARS", "")
+    if jars:
+        conf["pipeline.jars"] = jars
+    return conf
+
+
+def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
+    props = {
+        "connector": "kafka",
+        "topic": options.source_topic,
+        "properties.bootstrap.servers": settings.kafka_bootstrap,
+        "properties.group.id": options.group,
+        "properties.auto.offset.reset": "earliest",
+        "properties.commit.offsets.on.checkpoint": "true",
+        "scan.startup.mode": "group-offsets",
+        "scan.topic-partition-discovery.interval": "10 s",
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    options_sql = ",\n  ".join(f"'{k}' = '{v}'" for k, v in props.items())
+    return f"""CREATE TABLE source_records (
+  `k` STRING,
+  `v` BYTES,
+  `partition` INT METADATA VIRTUAL,
+  `offset` BIGINT METADATA VIRTUAL,
+  `headers` MAP<STRING, BYTES> METADATA VIRTUAL
+) WITH (
+  {options_sql}
+)"""
+
+
+def ensure_topics(settings: Settings, options: FlinkJobOptions) -> None:
+    """Source, output and dead-letter topics exist before the source looks."""
+    from mocktrade.adapters.kafka import KafkaEventLog
+    from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
+
+    log = KafkaEventLog(settings.kafka_bootstrap, topic_prefix=settings.table_prefix,
+                        partitions=settings.kafka_partitions)
+    names = {options.source_topic, settings.table_prefix + TOPIC_TRADE_EXECUTED,
+             settings.table_prefix + dead_letter_topic(options.source_topic.removeprefix(settings.table_prefix))}
+    for name in sorted(names):
+        log.ensure_topic_blocking(name)
+    log._producer.flush(1)
+
+
+def write_jvm_pid(path: str) -> None:
+    """The mini-cluster's JVM is a child of this process; say which one."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me and b"java" in cmdline:
+            Path(path).write_text(stat.parent.name)
+            return
+
+
+def build(job: str):
+    from pyflink.common import Configuration, Types
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.functions import SinkFunction
+    from pyflink.table import StreamTableEnvironment
+
+    from mocktrade.jobs.flink.operators import ExecuteOrders, PersistTrades
+
+    settings = Settings.from_env(os.environ.get("MOCKTRADE_DATA_DIR"))
+    if not settings.kafka_bootstrap:
+        raise SystemExit("the Flink jobs read Kafka: set MOCKTRADE_KAFKA_BOOTSTRAP")
+    options = FlinkJobOptions.from_env(job, settings)
+    ensure_topics(settings, options)
+    env = StreamExecutionEnvironment.get_execution_environment(
+        Configuration.from_dict(flink_configuration(options)) if hasattr(Configuration, "from_dict")
+        else _configuration(flink_configuration(options)))
+    if os.environ.get("MOCKTRADE_FLINK_JVM_PID_FILE"):
+        write_jvm_pid(os.environ["MOCKTRADE_FLINK_JVM_PID_FILE"])
+    t_env = StreamTableEnvironment.create(env)
+    t_env.execute_sql(source_table_ddl(settings, options))
+    rows = t_env.to_data_stream(t_env.from_path("source_records"))
+    topic = options.source_topic.removeprefix(settings.table_prefix)
+    if job == "execution":
+        keyed = rows.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
+        out = keyed.process(ExecuteOrders(topic), output_type=Types.STRING()).name("execute-orders")
+    else:
+        keyed = rows.key_by(lambda row: zlib.crc32((row["k"] or "").encode()) % BUCKETS,
+                            key_type=Types.INT())
+        out = keyed.process(PersistTrades(topic, options.batch_size, options.flush_ms),
+                            output_type=Types.STRING()).name("persist-trades")
+    # The handlers publish their own output; the stream itself ends here.
+    out.add_sink(SinkFunction("org.apache.flink.streaming.api.functions.sink.DiscardingSink"))
+    return env, options
+
+
+def _configuration(values: dict[str, str]):
+    from pyflink.common import Configuration
+
+    conf = Configuration()
+    for key, value in values.items():
+        conf.set_string(key, value)
+    return conf
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in ("execution", "persistence"):
+        print("usage: job.py execution|persistence", file=sys.stderr)
+        return 2
+    env, options = build(argv[1])
+    print(json.dumps({"event": "flink job submitting", "job": options.job,
+                      "restoreFrom": options.restore_from or None,
+                      "checkpoints": options.checkpoint_dir}), flush=True)
+    env.execute(f"mocktrade-{options.job}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
