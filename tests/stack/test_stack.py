@@ -21,6 +21,9 @@ pytestmark = [
 ]
 
 HOST = "127.0.0.1"
+# Creating an index waits for its primary shard; on a loaded 2-core machine
+# that has taken over 5 s (the probes' default).
+SEARCH_WRITE_TIMEOUT = 60.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -95,11 +98,11 @@ def write_sample_data(env: dict[str, str], redis_port: int) -> None:
         "mappings": {"properties": {"orderId": {"type": "keyword"}, "symbol": {"type": "keyword"},
                                     "executionTimestamp": {"type": "date"},
                                     "failureReason": {"type": "text"}}}},
-        {"Content-Type": "application/json"})
+        {"Content-Type": "application/json"}, timeout=SEARCH_WRITE_TIMEOUT)
     assert status == 200, answer
     status, answer = probes.http_json("PUT", f"{search}/trading_trades-2026-01/_doc/o-1?refresh=true", {
         "orderId": "o-1", "symbol": "MOCKAAPL", "executionTimestamp": "2026-01-02T03:04:05Z"},
-        {"Content-Type": "application/json"})
+        {"Content-Type": "application/json"}, timeout=SEARCH_WRITE_TIMEOUT)
     assert status == 201, answer
 
 
