@@ -87,6 +87,7 @@ class FlinkJobRunner:
 
     async def run(self) -> None:
         runtime = await asyncio.to_thread(flink_runtime, work_dir(self.settings, self.job) / "provision.log")
+        self._kill_orphans()
         pause = 1.0
         while True:
             began = time.monotonic()
@@ -127,21 +128,26 @@ class FlinkJobRunner:
                 pass
         self._kill_leftover_jvm()
 
+    def _kill_orphans(self) -> None:
+        """A run left by a service that was killed -9 would consume beside ours."""
+        self._kill_ours("client.pid", group=True)
+        self._kill_leftover_jvm()
+
     def _kill_leftover_jvm(self) -> None:
-        pid_file = work_dir(self.settings, self.job) / "jvm.pid"
+        self._kill_ours("jvm.pid", group=False)
+
+    def _kill_ours(self, pid_name: str, group: bool) -> None:
+        """SIGKILL the process in the pid file if it is still one of this job's
+        (its environment names this job's pid file: a reused pid is left alone)."""
+        directory = work_dir(self.settings, self.job)
+        mark = f"MOCKTRADE_FLINK_JVM_PID_FILE={directory / 'jvm.pid'}".encode()
         try:
-            pid = int(pid_file.read_text())
+            pid = int((directory / pid_name).read_text())
+            if mark not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
         except (OSError, ValueError):
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if b"java" in cmdline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
 
 
 def flink_job_process(job: str, settings: Settings) -> Process:
@@ -173,4 +179,3 @@ def flink_job_process(job: str, settings: Settings) -> Process:
 
 async def _noop() -> None:
     return None
-

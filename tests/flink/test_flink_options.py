@@ -1,0 +1,107 @@
+"""The Flink jobs' settings and job-file pieces that need no Flink at all."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mocktrade.config import Settings
+from mocktrade.jobs.flink.job import flink_configuration, source_table_ddl
+from mocktrade.jobs.flink.options import FlinkJobOptions, latest_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("MOCKTRADE_FLINK_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_checkpoint_under_the_data_dir_with_prefixed_topic_and_group(tmp_path):
+    settings = Settings(data_dir=tmp_path, table_prefix="t1_", kafka_bootstrap="127.0.0.1:9092")
+    options = FlinkJobOptions.from_env("execution", settings)
+    assert options.source_topic == "t1_trade_orders"
+    assert options.group == "t1_trade-execution"  # the consumer runner's group, prefixed
+    assert options.checkpoint_dir == (tmp_path.resolve() / "flink" / "execution" / "checkpoints").as_uri()
+    assert (options.checkpoint_interval_ms, options.parallelism, options.execution_mode) == (1000, 1, "thread")
+
+
+def test_settings_come_from_the_environment_and_s3_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOCKTRADE_FLINK_CHECKPOINT_DIR", "s3://bucket/mocktrade/cp")
+    monkeypatch.setenv("MOCKTRADE_FLINK_CHECKPOINT_INTERVAL_MS", "5000")
+    monkeypatch.setenv("MOCKTRADE_FLINK_PARALLELISM", "4")
+    options = FlinkJobOptions.from_env("persistence", Settings(data_dir=tmp_path))
+    conf = flink_configuration(options)
+    assert conf["execution.checkpointing.dir"] == "s3://bucket/mocktrade/cp"
+    assert conf["execution.checkpointing.interval"] == "5000 ms"
+    assert conf["parallelism.default"] == "4"
+    assert conf["restart-strategy.type"] == "exponential-delay"
+    assert conf["execution.checkpointing.unaligned.enabled"] == "true"
+    assert "execution.savepoint.path" not in conf
+    assert latest_checkpoint(options.checkpoint_dir) is None
+
+
+def test_unknown_job_or_mode_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError):
+        FlinkJobOptions.from_env("nope", Settings(data_dir=tmp_path))
+    monkeypatch.setenv("MOCKTRADE_FLINK_EXECUTION_MODE", "fast")
+    with pytest.raises(ValueError):
+        FlinkJobOptions.from_env("execution", Settings(data_dir=tmp_path))
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    root = tmp_path / "cp"
+    assert latest_checkpoint(root.as_uri()) is None
+    for job_id, n in (("a" * 32, 3), ("b" * 32, 7), ("b" * 32, 8)):
+        (root / job_id / f"chk-{n}").mkdir(parents=True)
+    (root / ("a" * 32) / "chk-3" / "_metadata").write_bytes(b"x")
+    time.sleep(0.01)
+    (root / ("b" * 32) / "chk-7" / "_metadata").write_bytes(b"x")
+    # chk-8 has no _metadata yet: still being written, never restored from.
+    assert latest_checkpoint(root.as_uri()) == (root / ("b" * 32) / "chk-7").as_uri()
+
+
+def test_restore_path_goes_to_the_savepoint_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOCKTRADE_FLINK_RESTORE", "file:///x/chk-3")
+    conf = flink_configuration(FlinkJobOptions.from_env("execution", Settings(data_dir=tmp_path)))
+    assert conf["execution.savepoint.path"] == "file:///x/chk-3"
+
+
+def test_source_reads_key_value_and_metadata_from_committed_group_offsets(tmp_path):
+    settings = Settings(data_dir=tmp_path, table_prefix="p_", kafka_bootstrap="k:9092")
+    ddl = source_table_ddl(settings, FlinkJobOptions.from_env("persistence", settings))
+    for needle in ("'topic' = 'p_trade_executed'", "'properties.group.id' = 'p_trade-persistence'",
+                   "'scan.startup.mode' = 'group-offsets'", "'properties.auto.offset.reset' = 'earliest'",
+                   "`headers` MAP<STRING, BYTES> METADATA", "'key.fields' = 'k'"):
+        assert needle in ddl
+
+
+def test_the_job_file_names_a_pinned_pyflink_and_connector():
+    infra = Path(__file__).resolve().parents[2] / "infra" / "flink"
+    assert "apache-flink==1.20." in (infra / "requirements.txt").read_text()
+    assert "3.3.0-1.20" in (infra / "pom.xml").read_text()
+
+
+def test_a_leftover_run_of_this_job_is_killed_and_a_stranger_with_a_reused_pid_is_not(tmp_path):
+    import subprocess
+
+    from mocktrade.jobs.flink.service import FlinkJobRunner, work_dir
+
+    runner = FlinkJobRunner("execution", Settings(data_dir=tmp_path, kafka_bootstrap="k:9092"))
+    directory = work_dir(runner.settings, "execution")
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                            env={**os.environ, "MOCKTRADE_FLINK_JVM_PID_FILE": str(directory / "jvm.pid")})
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (directory / "client.pid").write_text(str(ours.pid))
+        (directory / "jvm.pid").write_text(str(stranger.pid))
+        runner._kill_orphans()
+        assert ours.wait(5) == -9
+        assert stranger.poll() is None
+    finally:
+        for process in (ours, stranger):
+            process.kill()
+            process.wait()
