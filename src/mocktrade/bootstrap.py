@@ -299,7 +299,7 @@ def _add_ingestion(p: Process) -> None:
     p.background("ingestion", IngestionService(feed_url(p.resources.settings), p.resources.event_log).run)
 
 
-def _add_analytics_owner(p: Process) -> None:
+def add_analytics_owner(p: Process) -> None:
     from .adapters.analytics_http import internal_routes
 
     r = p.resources
@@ -334,7 +334,7 @@ def service_process(name: str, settings: Settings) -> Process:
     if name == "persistence":
         p.background("persistence-job", persistence_job(r))
         if not settings.clickhouse_url:
-            _add_analytics_owner(p)
+            add_analytics_owner(p)
     return p
 
 

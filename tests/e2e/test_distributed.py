@@ -37,6 +37,8 @@ def cluster(real_engines, tmp_path_factory):
 class Load:
     """Orders from several users in a background thread until stopped."""
 
+    PAUSE = 0.01  # between one user's orders
+
     def __init__(self, platform: RunningPlatform):
         self.platform = platform
         self.tokens = {u: platform.token(u) for u in USERS}
@@ -60,7 +62,7 @@ class Load:
                 if r.status_code == 202:
                     self.accepted.append(r.json()["orderId"])
                 i += 1
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(self.PAUSE)
 
     async def _run(self) -> None:
         await asyncio.gather(*(self._one_user(u) for u in USERS))

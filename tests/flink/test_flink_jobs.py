@@ -66,24 +66,6 @@ class PacedLoad(Load):
 
     PAUSE = 0.15
 
-    async def _one_user(self, user: str) -> None:
-        async with httpx.AsyncClient(base_url=self.platform.base, timeout=10,
-                                     headers={"Authorization": f"Bearer {self.tokens[user]}"}) as client:
-            i = 0
-            while not self._stop.is_set():
-                side = "SELL" if i % 4 == 3 else "BUY"
-                try:
-                    r = await client.post("/v1/orders", json={"symbol": "MOCKAAPL", "quantity": "0.1",
-                                                              "side": side})
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.05)
-                    continue
-                self.codes[r.status_code] = self.codes.get(r.status_code, 0) + 1
-                if r.status_code == 202:
-                    self.accepted.append(r.json()["orderId"])
-                i += 1
-                await asyncio.sleep(self.PAUSE)
-
 
 def _ready(port: int) -> bool:
     try:

@@ -29,13 +29,13 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
             records = await consumer.poll(max_records, poll_timeout)
             if not records:
                 continue
-            await _handle_until_done(handler, records, group)
+            await handle_until_done(handler, records, group)
             await consumer.commit(records)
     finally:
         await consumer.close()
 
 
-async def _handle_until_done(handler: Handler, records: Sequence[LogRecord], group: str) -> None:
+async def handle_until_done(handler: Handler, records: Sequence[LogRecord], group: str) -> None:
     """Retry a batch while a dependency is down; nothing is skipped or committed."""
     delay = 0.05
     while True:

@@ -25,7 +25,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from ...config import Settings
 from ...ports import LogRecord
-from ..runner import _handle_until_done
+from ..runner import handle_until_done
 
 log = logging.getLogger("mocktrade.flink")
 
@@ -65,7 +65,7 @@ class _HandlerFunction(KeyedProcessFunction):
         raise NotImplementedError
 
     def run(self, records: list[LogRecord]) -> None:
-        self.loop.run_until_complete(_handle_until_done(self.handler.handle, records, self.topic))
+        self.loop.run_until_complete(handle_until_done(self.handler.handle, records, self.topic))
         for name, value in vars(self.handler.stats).items():
             counter = self.counters.get({"dead_lettered": "deadLettered"}.get(name, name))
             if counter is not None and value > self._reported.get(name, 0):

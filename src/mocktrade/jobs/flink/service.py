@@ -21,7 +21,7 @@ import signal
 import time
 from pathlib import Path
 
-from ...bootstrap import ROLES, Process, Resources, _add_analytics_owner
+from ...bootstrap import ROLES, Process, Resources, add_analytics_owner
 from ...config import Settings
 from .options import FlinkJobOptions, latest_checkpoint
 from .provision import flink_runtime
@@ -166,7 +166,7 @@ def flink_job_process(job: str, settings: Settings) -> Process:
         runner.stop()
     process.on_start(_noop, stop)
     if owns_analytics:
-        _add_analytics_owner(process)
+        add_analytics_owner(process)
     base_readiness = process.readiness
 
     async def readiness() -> dict[str, str]:
