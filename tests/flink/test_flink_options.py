@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mocktrade.config import Settings
-from mocktrade.jobs.flink.job import flink_configuration, source_table_ddl
+from mocktrade.jobs.flink.job import flink_configuration, sink_table_ddl, source_table_ddl
 from mocktrade.jobs.flink.options import FlinkJobOptions, latest_checkpoint
 
 
@@ -77,6 +77,35 @@ def test_source_reads_key_value_and_metadata_from_committed_group_offsets(tmp_pa
                    "'scan.startup.mode' = 'group-offsets'", "'properties.auto.offset.reset' = 'earliest'",
                    "`headers` MAP<STRING, BYTES> METADATA", "'key.fields' = 'k'"):
         assert needle in ddl
+
+
+def test_execution_commits_offsets_on_checkpoints_and_persistence_after_its_writes(tmp_path):
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="k:9092")
+    for job, commits in (("execution", "true"), ("persistence", "false")):
+        ddl = source_table_ddl(settings, FlinkJobOptions.from_env(job, settings))
+        assert f"'properties.commit.offsets.on.checkpoint' = '{commits}'" in ddl
+
+
+def test_sinks_write_key_value_and_headers_at_least_once_partitioned_by_key(tmp_path):
+    settings = Settings(data_dir=tmp_path, table_prefix="p_", kafka_bootstrap="k:9092")
+    ddl = sink_table_ddl("executed_sink", "p_trade_executed", settings)
+    for needle in ("CREATE TABLE executed_sink", "'topic' = 'p_trade_executed'",
+                   "'sink.delivery-guarantee' = 'at-least-once'", "'key.fields' = 'k'",
+                   "'sink.partitioner' = 'default'", "`headers` MAP<STRING, BYTES> METADATA\n"):
+        assert needle in ddl
+
+
+async def test_an_outbox_collects_what_a_handler_publishes_and_forgets_a_retried_batch():
+    from mocktrade.jobs.outbox import OutboundRecord, Outbox
+
+    outbox = Outbox()
+    await outbox.publish("trade_executed", "u1", b"e1", {"traceparent": "t"})
+    outbox.discard()
+    await outbox.publish("trade_executed", "u1", b"e1", {"traceparent": "t"})
+    await outbox.publish("trade_orders.dlq", "u2", b"bad")
+    assert outbox.drain() == [OutboundRecord("trade_executed", "u1", b"e1", {"traceparent": "t"}),
+                              OutboundRecord("trade_orders.dlq", "u2", b"bad", {})]
+    assert outbox.drain() == []
 
 
 def test_the_job_file_names_a_pinned_pyflink_and_connector():

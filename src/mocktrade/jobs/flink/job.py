@@ -14,14 +14,17 @@ the client libraries of infra/flink/requirements.txt in their Python.)
 
 Topology, both jobs:
   Kafka table source (key: raw STRING, value: raw BYTES, partition, offset and
-  headers metadata; group offsets, committed first, else earliest; offsets
-  committed on each completed checkpoint)
+  headers metadata; group offsets, committed first, else earliest)
   -> to a DataStream, keyed (execution: userId, the record key; persistence:
-  a bucket of the userId, so batches are a few keys' worth)
+  the source partition, see PersistTrades)
   -> ExecuteOrders / PersistTrades (operators.py), which call the shared
-  handlers; their output (trade_executed events, dead letters) is published
-  by the handler through the project's Kafka adapter and is durable before
-  the element counts as processed.
+  handlers and emit what they publish as rows
+  -> Kafka table sinks (at-least-once: flushed at every checkpoint barrier):
+  trade_executed (key userId, so a user's executions stay in one partition,
+  with the same murmur2 partitioning the project's producers use) from the
+  main output, `<source topic>.dlq` from the dead-letter side output.
+Execution's source commits its offsets on each completed checkpoint;
+persistence commits them itself after each flush.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "parallelism.default": str(options.parallelism),
+        "execution.buffer-timeout.interval": f"{options.buffer_timeout_ms} ms",
         "execution.checkpointing.interval": f"{options.checkpoint_interval_ms} ms",
         # Barrier alignment is what unaligned checkpoints need (they stall less
         # behind a backlog); the output is at-least-once either way.
@@ -62,7 +66,8 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
         "restart-strategy.exponential-delay.backoff-multiplier": "2.0",
         "restart-strategy.exponential-delay.reset-backoff-threshold": "5 min",
         "restart-strategy.exponential-delay.jitter-factor": "0.1",
-        "python.fn-execution.bundle.time": "20",
+        # Process mode hands records to Python in bundles: the same wait bound.
+        "python.fn-execution.bundle.time": str(options.buffer_timeout_ms),
     }
     if options.restore_from:
         conf["execution.savepoint.path"] = options.restore_from
@@ -73,6 +78,10 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
     return conf
 
 
+def _with(props: dict[str, str]) -> str:
+    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in props.items())
+
+
 def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
     props = {
         "connector": "kafka",
@@ -80,7 +89,8 @@ def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "properties.group.id": options.group,
         "properties.auto.offset.reset": "earliest",
-        "properties.commit.offsets.on.checkpoint": "true",
+        # Persistence moves the group's offsets itself, after records are written.
+        "properties.commit.offsets.on.checkpoint": str(options.job == "execution").lower(),
         "scan.startup.mode": "group-offsets",
         "scan.topic-partition-discovery.interval": "10 s",
         "key.format": "raw",
@@ -88,7 +98,6 @@ def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
     }
-    options_sql = ",\n  ".join(f"'{k}' = '{v}'" for k, v in props.items())
     return f"""CREATE TABLE source_records (
   `k` STRING,
   `v` BYTES,
@@ -96,7 +105,28 @@ def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
   `offset` BIGINT METADATA VIRTUAL,
   `headers` MAP<STRING, BYTES> METADATA VIRTUAL
 ) WITH (
-  {options_sql}
+  {_with(props)}
+)"""
+
+
+def sink_table_ddl(table: str, topic: str, settings: Settings) -> str:
+    props = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": settings.kafka_bootstrap,
+        "sink.delivery-guarantee": "at-least-once",
+        "sink.partitioner": "default",  # by key hash, as Kafka's own producers
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    return f"""CREATE TABLE {table} (
+  `k` STRING,
+  `v` BYTES,
+  `headers` MAP<STRING, BYTES> METADATA
+) WITH (
+  {_with(props)}
 )"""
 
 
@@ -131,10 +161,11 @@ def write_jvm_pid(path: str) -> None:
 def build(job: str):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.datastream.functions import SinkFunction
     from pyflink.table import StreamTableEnvironment
 
-    from mocktrade.jobs.flink.operators import ExecuteOrders, PersistTrades
+    from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
+    from mocktrade.jobs.flink.operators import DEAD_LETTERS, KAFKA_ROW, ExecuteOrders, PersistTrades
+    from mocktrade.jobs.flink.options import JOBS
 
     settings = Settings.from_env(os.environ.get("MOCKTRADE_DATA_DIR"))
     if not settings.kafka_bootstrap:
@@ -150,16 +181,22 @@ def build(job: str):
     t_env.execute_sql(source_table_ddl(settings, options))
     rows = t_env.to_data_stream(t_env.from_path("source_records"))
     topic = options.source_topic.removeprefix(settings.table_prefix)
+    sinks = t_env.create_statement_set()
+
+    def sink(stream, table: str, sink_topic: str) -> None:
+        t_env.execute_sql(sink_table_ddl(table, settings.table_prefix + sink_topic, settings))
+        sinks.add_insert(table, t_env.from_data_stream(stream))
+
     if job == "execution":
         keyed = rows.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
-        out = keyed.process(ExecuteOrders(topic), output_type=Types.STRING()).name("execute-orders")
+        out = keyed.process(ExecuteOrders(topic), output_type=KAFKA_ROW).name("execute-orders")
+        sink(out, "executed_sink", TOPIC_TRADE_EXECUTED)
     else:
-        keyed = rows.key_by(lambda row: zlib.crc32((row["k"] or "").encode()) % BUCKETS,
-                            key_type=Types.INT())
-        out = keyed.process(PersistTrades(topic, options.batch_size, options.flush_ms),
-                            output_type=Types.STRING()).name("persist-trades")
-    # The handlers publish their own output; the stream itself ends here.
-    out.add_sink(SinkFunction("org.apache.flink.streaming.api.functions.sink.DiscardingSink"))
+        keyed = rows.key_by(lambda row: row["partition"], key_type=Types.INT())
+        out = keyed.process(PersistTrades(topic, JOBS[job][1], options.batch_size, options.flush_ms),
+                            output_type=KAFKA_ROW).name("persist-trades")
+    sink(out.get_side_output(DEAD_LETTERS), "dead_letter_sink", dead_letter_topic(topic))
+    sinks.attach_as_datastream()
     return env, options
 
 

@@ -8,7 +8,10 @@ file (PyFlink venv).
                                           any Flink file system URI (s3://bucket/path too,
                                           given Flink's s3 plugin on the cluster)
   MOCKTRADE_FLINK_PARALLELISM             default 1
-  MOCKTRADE_FLINK_EXECUTION_MODE          thread (default, ~16x faster) or process
+  MOCKTRADE_FLINK_EXECUTION_MODE          thread (default) or process
+  MOCKTRADE_FLINK_BUFFER_TIMEOUT_MS       longest a record waits in a network buffer
+                                          between operators (10; Flink's default 100 ms
+                                          is most of the job's latency)
   MOCKTRADE_FLINK_BATCH_SIZE              persistence: flush after this many records (500)
   MOCKTRADE_FLINK_FLUSH_MS                persistence: or after this long (200)
   MOCKTRADE_FLINK_RESTORE                 restore from this checkpoint/savepoint path
@@ -44,6 +47,7 @@ class FlinkJobOptions:
     checkpoint_dir: str     # a URI
     parallelism: int
     execution_mode: str
+    buffer_timeout_ms: int
     batch_size: int
     flush_ms: int
     restore_from: str
@@ -63,6 +67,7 @@ class FlinkJobOptions:
                    checkpoint_dir=_env("CHECKPOINT_DIR", default_dir),
                    parallelism=int(_env("PARALLELISM", "1")),
                    execution_mode=mode,
+                   buffer_timeout_ms=int(_env("BUFFER_TIMEOUT_MS", "10")),
                    batch_size=int(_env("BATCH_SIZE", "500")),
                    flush_ms=int(_env("FLUSH_MS", "200")),
                    restore_from=_env("RESTORE", ""))
