@@ -1,4 +1,4 @@
-"""The execution job on Flink beside the Kafka consumer-group runner, one run.
+"""The jobs on Flink beside the Kafka consumer-group runner, one run.
 
     .venv/bin/mocktrade stack up --dir /tmp/devstack
     MOCKTRADE_STACK_DIR=/tmp/devstack .venv/bin/python bench/flink.py \
@@ -17,6 +17,12 @@ then:
      each timed from the moment its publish to trade_orders returned (the
      order service's 202 happens there) to the moment its trade_executed
      event reaches a consumer.
+
+--job persistence instead times the persistence job: BACKLOG trade_executed
+events published before launch, then start (launch -> first document in the
+history index) and drain (until all BACKLOG are searchable); Flink's
+persistence job runs in process mode with its vectorized UDF, so the MODE of
+a `flink:MODE:P` run does not apply to it.
 
 --portfolios sqlite (default) applies executions to the embedded SQLite
 portfolio store in the run's data dir instead of the DynamoDB-API engine,
@@ -48,7 +54,8 @@ from mocktrade.config import Settings, read_env_file  # noqa: E402
 from mocktrade.domain.events import (TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS,  # noqa: E402
                                      decode_envelope, decode_trade_executed, encode,
                                      trade_order_payload)
-from mocktrade.domain.model import Order, PriceTick, Side  # noqa: E402
+from mocktrade.domain.events import encode_trade_executed  # noqa: E402
+from mocktrade.domain.model import Execution, ExecutionStatus, Order, PriceTick, Side  # noqa: E402
 
 USERS = 20
 
@@ -65,6 +72,36 @@ async def prepare(resources, backlog: int) -> None:
     await asyncio.gather(*(resources.portfolios.create_account(f"u{i}", Decimal("100000000"), now)
                            for i in range(USERS)))
     await resources.event_log.publish_many(TOPIC_TRADE_ORDERS, [order_record(n)[1] for n in range(backlog)])
+
+
+async def prepare_executions(resources, backlog: int) -> None:
+    now = datetime.now(timezone.utc)
+    events = []
+    for n in range(backlog):
+        execution = Execution(str(uuid.uuid4()), f"u{n % USERS}", "MOCKAAPL", Decimal("1"), Side.BUY,
+                              ExecutionStatus.EXECUTED, Decimal("100.00"), now, order_timestamp=now)
+        events.append((execution.user_id, encode_trade_executed(execution), None))
+    await resources.event_log.publish_many(TOPIC_TRADE_EXECUTED, events)
+
+
+async def measure_persistence(settings: Settings, backlog: int, launched: float) -> dict:
+    """Poll the history index's document count (Elasticsearch/OpenSearch)."""
+    import httpx
+
+    url = f"{settings.elasticsearch_url}/{settings.table_prefix}trading_trades/_count"
+    first = None
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() - launched < 600:
+            answer = await client.get(url, params={"ignore_unavailable": "true"})
+            count = answer.json().get("count", 0) if answer.status_code == 200 else 0
+            if count and first is None:
+                first = time.monotonic() - launched
+            if count >= backlog:
+                break
+            await asyncio.sleep(0.1)
+    last = time.monotonic() - launched
+    return {"start_s": round(first or float("nan"), 1), "all_done_s": round(last, 1),
+            "drain_per_s": round(backlog / (last - first), 1) if first and last > first else None}
 
 
 async def measure(resources, backlog: int, rate: float, seconds: float, launched: float) -> dict:
@@ -128,13 +165,18 @@ def run(spec: str, engines: dict[str, str], args: argparse.Namespace) -> dict:
     async def session() -> dict:
         resources = Resources(settings)
         try:
-            await prepare(resources, args.backlog)
+            if args.job == "execution":
+                await prepare(resources, args.backlog)
+            else:
+                await prepare_executions(resources, args.backlog)
             launched = time.monotonic()
-            job = subprocess.Popen([*mocktrade_command(), "job", "execution", "--engine", engine,
+            job = subprocess.Popen([*mocktrade_command(), "job", args.job, "--engine", engine,
                                     "--port", str(free_port())], env=env,
                                    stdout=subprocess.DEVNULL, stderr=open(data / "job.log", "wb"))
             try:
-                return await measure(resources, args.backlog, args.rate, args.seconds, launched)
+                if args.job == "execution":
+                    return await measure(resources, args.backlog, args.rate, args.seconds, launched)
+                return await measure_persistence(settings, args.backlog, launched)
             finally:
                 job.terminate()
                 job.wait(60)
@@ -142,11 +184,12 @@ def run(spec: str, engines: dict[str, str], args: argparse.Namespace) -> dict:
             await resources.close()
 
     figures = asyncio.run(session())
-    return {"run": spec, "portfolios": args.portfolios, **figures}
+    return {"job": args.job, "run": spec, "portfolios": args.portfolios, **figures}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", choices=("execution", "persistence"), default="execution")
     parser.add_argument("--runs", default="consumer,flink:thread:1,flink:process:1,flink:thread:2")
     parser.add_argument("--backlog", type=int, default=600)
     parser.add_argument("--rate", type=float, default=100.0)

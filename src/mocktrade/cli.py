@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--distributed", action="store_true",
                     help="start the real engines and one process per service and job")
     up.add_argument("--replicas", default="", metavar="NAME=N,...",
-                    help="with --distributed: replicas per service or job, e.g. marketdata=2,execution=2")
+                    help="with --distributed: replicas per service or job, e.g. marketdata=2,execution=2; "
+                         "a job may be 0 (it runs elsewhere, e.g. on a Flink cluster)")
     up.add_argument("--stack-dir", help="with --distributed: the engines' directory (default DATA_DIR/stack)")
     up.add_argument("--keep-stack", action="store_true",
                     help="with --distributed: leave the engines running on exit")

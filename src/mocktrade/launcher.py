@@ -56,11 +56,16 @@ class Child:
 
 
 def parse_replicas(spec: str) -> dict[str, int]:
+    """`NAME=N,...`; a job may be 0: it runs elsewhere (a Flink cluster)."""
+    names = {name: args[0] for name, args, _ in LAYOUT}
     replicas: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, count = item.partition("=")
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"replicas wants NAME=N with N >= 1, got {item!r}")
+        if name not in names:
+            raise ValueError(f"replicas: no service or job {name!r}; one of {', '.join(names)}")
+        least = 0 if names[name] == "job" else 1
+        if not count.isdigit() or int(count) < least:
+            raise ValueError(f"replicas wants {name}=N with N >= {least}, got {item!r}")
         replicas[name] = int(count)
     return replicas
 

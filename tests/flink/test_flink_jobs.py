@@ -125,8 +125,9 @@ def verify(platform: RunningPlatform, wait: float = 240) -> None:
 
 
 def persistence_group_is_at_the_end(platform: RunningPlatform) -> bool:
-    """The persistence job moves its group's offsets itself once a batch is
-    written; drained, they stand at the end of every trade_executed partition."""
+    """Flink commits the persistence group's offsets on each completed
+    checkpoint, by which time everything before them is written; drained,
+    they stand at the end of every trade_executed partition."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 

@@ -79,11 +79,18 @@ def test_source_reads_key_value_and_metadata_from_committed_group_offsets(tmp_pa
         assert needle in ddl
 
 
-def test_execution_commits_offsets_on_checkpoints_and_persistence_after_its_writes(tmp_path):
+def test_both_jobs_commit_offsets_on_checkpoints_and_persistence_batches_by_bundle(tmp_path, monkeypatch):
     settings = Settings(data_dir=tmp_path, kafka_bootstrap="k:9092")
-    for job, commits in (("execution", "true"), ("persistence", "false")):
+    monkeypatch.setenv("MOCKTRADE_FLINK_EXECUTION_MODE", "thread")
+    for job in ("execution", "persistence"):
         ddl = source_table_ddl(settings, FlinkJobOptions.from_env(job, settings))
-        assert f"'properties.commit.offsets.on.checkpoint' = '{commits}'" in ddl
+        assert "'properties.commit.offsets.on.checkpoint' = 'true'" in ddl
+    conf = flink_configuration(FlinkJobOptions.from_env("persistence", settings))
+    # The vectorized UDF needs process mode; a bundle is a batch: 500 records or 200 ms.
+    assert conf["python.execution-mode"] == "process"
+    assert (conf["python.fn-execution.arrow.batch.size"], conf["python.fn-execution.bundle.size"],
+            conf["python.fn-execution.bundle.time"]) == ("500", "500", "200")
+    assert flink_configuration(FlinkJobOptions.from_env("execution", settings))["python.execution-mode"] == "thread"
 
 
 def test_sinks_write_key_value_and_headers_at_least_once_partitioned_by_key(tmp_path):

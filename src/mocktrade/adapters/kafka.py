@@ -77,9 +77,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
 from typing import Literal, Mapping, Sequence
 
-from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer,
-                             ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message,
-                             Producer, TopicPartition)
+from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError,
+                             KafkaException, Message, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from ..ports import DependencyUnavailable, LogRecord, offsets_after
@@ -367,31 +366,6 @@ class KafkaEventLog:
             config.update({"partition.assignment.strategy": "cooperative-sticky",
                            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000})
         return config
-
-    async def commit_group_offsets(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
-        """Set a member-less group's offsets (partition -> next offset to read).
-
-        For readers that assign partitions themselves instead of joining the
-        group (a Flink Kafka source): the broker takes these only while the
-        group has no members. A refused or failed commit is logged and left;
-        the next one covers it, and until then a restart reads a little again.
-        """
-        request = [ConsumerGroupTopicPartitions(self.prefix + group, [
-            TopicPartition(self.topic_name(topic), p, o) for p, o in sorted(next_offsets.items())])]
-
-        def alter() -> None:
-            try:
-                refused = [f"partition {tp.partition}: {tp.error.str()}"
-                           for future in self._admin_client().alter_consumer_group_offsets(
-                               request, request_timeout=self._delivery_timeout).values()
-                           for tp in future.result(timeout=self._delivery_timeout + 1).topic_partitions
-                           if tp.error is not None]
-            except (KafkaException, FutureTimeout) as exc:
-                refused = [str(exc)]
-            if refused:
-                log.warning("kafka group offsets not committed: %s", "; ".join(refused),
-                            extra={"group": self.prefix + group, "topic": self.topic_name(topic)})
-        await asyncio.to_thread(alter)
 
     def _forget(self, consumer: "KafkaLogConsumer") -> None:
         self._consumers.discard(consumer)

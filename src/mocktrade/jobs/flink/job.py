@@ -2,29 +2,28 @@
 
 Run by `mocktrade job NAME --engine flink` on a local mini-cluster, with
 PYTHONPATH naming the project's src/ and MOCKTRADE_FLINK_JARS the connector
-jars. The same file is submitted unchanged to a Flink cluster:
+jars. The same file is submitted unchanged to a Flink 1.20 cluster whose lib/
+holds flink-python and the jars of infra/flink/target/lib, and whose
+TaskManagers have the MOCKTRADE_* settings in their environment:
 
-    flink run -py src/mocktrade/jobs/flink/job.py -pyfs src \
-        --jarfile infra/flink/target/lib/flink-connector-kafka-3.3.0-1.20.jar \
-        execution
+    flink run -d -pyclientexec VENV/bin/python -pyexec VENV/bin/python \
+        -py src/mocktrade/jobs/flink/job.py -pyfs src execution
 
-(with the other jars of infra/flink/target/lib in the cluster's lib/ or via
-pipeline.jars, the MOCKTRADE_* settings in the TaskManagers' environment and
-the client libraries of infra/flink/requirements.txt in their Python.)
+(tests/flink/standalone.py builds such a cluster.)
 
-Topology, both jobs:
-  Kafka table source (key: raw STRING, value: raw BYTES, partition, offset and
-  headers metadata; group offsets, committed first, else earliest)
-  -> to a DataStream, keyed (execution: userId, the record key; persistence:
-  the source partition, see PersistTrades)
-  -> ExecuteOrders / PersistTrades (operators.py), which call the shared
-  handlers and emit what they publish as rows
-  -> Kafka table sinks (at-least-once: flushed at every checkpoint barrier):
-  trade_executed (key userId, so a user's executions stay in one partition,
-  with the same murmur2 partitioning the project's producers use) from the
-  main output, `<source topic>.dlq` from the dead-letter side output.
-Execution's source commits its offsets on each completed checkpoint;
-persistence commits them itself after each flush.
+Topology:
+  execution: Kafka table source on trade_orders (key: raw STRING, value: raw
+  BYTES, partition, offset and headers metadata; group offsets, committed
+  first, else earliest) -> DataStream keyed by userId -> ExecuteOrders (the
+  shared ExecutionHandler) -> Kafka sink to trade_executed, keyed by userId
+  (the same murmur2 partitioning as the project's producers), and a side
+  output -> Kafka sink to trade_orders.dlq.
+  persistence: the same source on trade_executed -> SQL calling the
+  vectorized UDF persist_trades (the shared PersistenceHandler, one call per
+  Arrow batch) -> the records it could not decode -> Kafka sink to
+  trade_executed.dlq.
+  Sinks are at-least-once (flushed at each checkpoint barrier); both sources
+  commit their offsets to the group on each completed checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import zlib
+import sysconfig
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make `mocktrade` importable
@@ -42,14 +41,15 @@ from mocktrade.config import Settings  # noqa: E402
 from mocktrade.jobs.deadletter import dead_letter_topic  # noqa: E402
 from mocktrade.jobs.flink.options import FlinkJobOptions  # noqa: E402
 
-BUCKETS = 16
-
 
 def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
     conf = {
-        "python.execution-mode": options.execution_mode,
+        "python.execution-mode": options.python_mode,
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
+        # Python embedded in a TaskManager (thread mode) starts from the base
+        # interpreter's paths, not this venv's.
+        "python.pythonpath": sysconfig.get_paths()["purelib"],
         "parallelism.default": str(options.parallelism),
         "execution.buffer-timeout.interval": f"{options.buffer_timeout_ms} ms",
         "execution.checkpointing.interval": f"{options.checkpoint_interval_ms} ms",
@@ -66,9 +66,16 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
         "restart-strategy.exponential-delay.backoff-multiplier": "2.0",
         "restart-strategy.exponential-delay.reset-backoff-threshold": "5 min",
         "restart-strategy.exponential-delay.jitter-factor": "0.1",
-        # Process mode hands records to Python in bundles: the same wait bound.
-        "python.fn-execution.bundle.time": str(options.buffer_timeout_ms),
     }
+    if options.job == "persistence":
+        # A bundle (and the Arrow batch in it, one write) ends at batch_size
+        # records, after flush_ms, or at a checkpoint barrier.
+        conf.update({"python.fn-execution.bundle.time": str(options.flush_ms),
+                     "python.fn-execution.bundle.size": str(options.batch_size),
+                     "python.fn-execution.arrow.batch.size": str(options.batch_size)})
+    else:
+        # Process mode hands records to Python in bundles: the same wait bound.
+        conf["python.fn-execution.bundle.time"] = str(options.buffer_timeout_ms)
     if options.restore_from:
         conf["execution.savepoint.path"] = options.restore_from
         conf["execution.savepoint.ignore-unclaimed-state"] = "true"
@@ -89,8 +96,7 @@ def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "properties.group.id": options.group,
         "properties.auto.offset.reset": "earliest",
-        # Persistence moves the group's offsets itself, after records are written.
-        "properties.commit.offsets.on.checkpoint": str(options.job == "execution").lower(),
+        "properties.commit.offsets.on.checkpoint": "true",
         "scan.startup.mode": "group-offsets",
         "scan.topic-partition-discovery.interval": "10 s",
         "key.format": "raw",
@@ -145,7 +151,7 @@ def ensure_topics(settings: Settings, options: FlinkJobOptions) -> None:
 
 
 def write_jvm_pid(path: str) -> None:
-    """The mini-cluster's JVM is a child of this process; say which one."""
+    """The mini-cluster runs in the JVM this process started as its gateway."""
     me = str(os.getpid())
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -153,9 +159,19 @@ def write_jvm_pid(path: str) -> None:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if fields[1] == me and b"java" in cmdline:
+        if fields[1] == me and b"PythonGatewayServer" in cmdline:
             Path(path).write_text(stat.parent.name)
             return
+
+
+# Every record goes through persist_trades once (one call per Arrow batch);
+# those it could not decode come back with their reason, for the dead letters.
+PERSISTENCE_SQL = """INSERT INTO dead_letter_sink
+SELECT k, v, dead_letter_headers(headers, reason, `partition`, `offset`)
+FROM (SELECT k, v, headers, `partition`, `offset`,
+             persist_trades(k, v, `partition`, `offset`) AS reason
+      FROM source_records)
+WHERE reason IS NOT NULL"""
 
 
 def build(job: str):
@@ -164,8 +180,8 @@ def build(job: str):
     from pyflink.table import StreamTableEnvironment
 
     from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
-    from mocktrade.jobs.flink.operators import DEAD_LETTERS, KAFKA_ROW, ExecuteOrders, PersistTrades
-    from mocktrade.jobs.flink.options import JOBS
+    from mocktrade.jobs.flink.operators import (DEAD_LETTERS, KAFKA_ROW, ExecuteOrders,
+                                                dead_letter_headers_udf, persist_batch)
 
     settings = Settings.from_env(os.environ.get("MOCKTRADE_DATA_DIR"))
     if not settings.kafka_bootstrap:
@@ -179,23 +195,22 @@ def build(job: str):
         write_jvm_pid(os.environ["MOCKTRADE_FLINK_JVM_PID_FILE"])
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_table_ddl(settings, options))
-    rows = t_env.to_data_stream(t_env.from_path("source_records"))
     topic = options.source_topic.removeprefix(settings.table_prefix)
+    t_env.execute_sql(sink_table_ddl("dead_letter_sink", settings.table_prefix + dead_letter_topic(topic),
+                                     settings))
     sinks = t_env.create_statement_set()
-
-    def sink(stream, table: str, sink_topic: str) -> None:
-        t_env.execute_sql(sink_table_ddl(table, settings.table_prefix + sink_topic, settings))
-        sinks.add_insert(table, t_env.from_data_stream(stream))
-
     if job == "execution":
+        t_env.execute_sql(sink_table_ddl("executed_sink", settings.table_prefix + TOPIC_TRADE_EXECUTED,
+                                         settings))
+        rows = t_env.to_data_stream(t_env.from_path("source_records"))
         keyed = rows.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
         out = keyed.process(ExecuteOrders(topic), output_type=KAFKA_ROW).name("execute-orders")
-        sink(out, "executed_sink", TOPIC_TRADE_EXECUTED)
+        sinks.add_insert("executed_sink", t_env.from_data_stream(out))
+        sinks.add_insert("dead_letter_sink", t_env.from_data_stream(out.get_side_output(DEAD_LETTERS)))
     else:
-        keyed = rows.key_by(lambda row: row["partition"], key_type=Types.INT())
-        out = keyed.process(PersistTrades(topic, JOBS[job][1], options.batch_size, options.flush_ms),
-                            output_type=KAFKA_ROW).name("persist-trades")
-    sink(out.get_side_output(DEAD_LETTERS), "dead_letter_sink", dead_letter_topic(topic))
+        t_env.create_temporary_function("persist_trades", persist_batch(topic))
+        t_env.create_temporary_function("dead_letter_headers", dead_letter_headers_udf(topic))
+        sinks.add_insert_sql(PERSISTENCE_SQL)
     sinks.attach_as_datastream()
     return env, options
 

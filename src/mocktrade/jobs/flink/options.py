@@ -8,12 +8,15 @@ file (PyFlink venv).
                                           any Flink file system URI (s3://bucket/path too,
                                           given Flink's s3 plugin on the cluster)
   MOCKTRADE_FLINK_PARALLELISM             default 1
-  MOCKTRADE_FLINK_EXECUTION_MODE          thread (default) or process
+  MOCKTRADE_FLINK_EXECUTION_MODE          execution: thread (default) or process;
+                                          persistence always runs in process mode (its
+                                          vectorized UDF needs it)
   MOCKTRADE_FLINK_BUFFER_TIMEOUT_MS       longest a record waits in a network buffer
                                           between operators (10; Flink's default 100 ms
                                           is most of the job's latency)
-  MOCKTRADE_FLINK_BATCH_SIZE              persistence: flush after this many records (500)
-  MOCKTRADE_FLINK_FLUSH_MS                persistence: or after this long (200)
+  MOCKTRADE_FLINK_BATCH_SIZE              persistence: write after this many records (500)
+  MOCKTRADE_FLINK_FLUSH_MS                persistence: or after this long (200), or at a
+                                          checkpoint barrier
   MOCKTRADE_FLINK_RESTORE                 restore from this checkpoint/savepoint path
                                           (set by the service; empty: from committed offsets)
 """
@@ -52,6 +55,10 @@ class FlinkJobOptions:
     flush_ms: int
     restore_from: str
 
+    @property
+    def python_mode(self) -> str:
+        return "process" if self.job == "persistence" else self.execution_mode
+
     @classmethod
     def from_env(cls, job: str, settings: Settings) -> "FlinkJobOptions":
         if job not in JOBS:
@@ -80,10 +87,8 @@ def latest_checkpoint(checkpoint_dir: str) -> str | None:
     its _metadata is complete. Other file systems (s3://): None; there, name
     the checkpoint to restore in MOCKTRADE_FLINK_RESTORE (as `flink run -s`
     does on a cluster). Without one the job starts from the group's committed
-    offsets (Flink commits them on each completed checkpoint): right for the
-    execution job, whose only state is the source position, but the
-    persistence job keeps not-yet-flushed records in its checkpointed state,
-    which only a restore brings back.
+    offsets (Flink commits them on each completed checkpoint, which covers
+    only records already handled and written), so nothing is lost either way.
     """
     if not checkpoint_dir.startswith("file:"):
         return None
