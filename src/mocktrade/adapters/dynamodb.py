@@ -101,6 +101,7 @@ MAX_TRANSIENT_ATTEMPTS = 4
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 1.0
 MAX_DECISION_ATTEMPTS = 64
+IMMEDIATE_REDECISIONS = 2
 TABLE_ACTIVE_TIMEOUT = 120.0
 
 
@@ -287,10 +288,15 @@ class DynamoDbPortfolioStore:
                         return await self._recorded(order.order_id)
                     if _code(portfolio_reason) == "ConditionalCheckFailed":
                         # The portfolio moved; decide again on the one that
-                        # came back with the cancellation, straight away.
+                        # came back with the cancellation: at once the first
+                        # times, then after a jittered pause, so writers that
+                        # keep colliding on one portfolio fall out of step
+                        # instead of one of them losing every round.
                         item = portfolio_reason.get("Item")
                         portfolio = _portfolio(item) if item else None
                         self._remember(portfolio, order.user_id)
+                        if attempt >= IMMEDIATE_REDECISIONS:
+                            await asyncio.sleep(_backoff(attempt - IMMEDIATE_REDECISIONS))
                         continue
                     # A conflict with a transaction in flight: back off, re-read.
                     await asyncio.sleep(_backoff(attempt))
