@@ -6,11 +6,14 @@ execution` to a standalone cluster (one JobManager, one TaskManager). Orders
 flow through it; then the TaskManager is killed -9 mid-load and another one
 started: Flink's own restart strategy restores the job from its latest
 checkpoint on the new TaskManager, and every accepted order still has exactly
-one outcome (`mocktrade verify`), with no duplicates in history.
+one outcome (`mocktrade verify`), with no duplicates in history. An order
+that cannot be decoded goes to trade_orders.dlq and shows in the operator's
+`deadLettered` metric (read from the cluster's REST API).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -39,6 +42,16 @@ def platform_and_cluster(real_engines, tmp_path_factory):
         platform.stop()
 
 
+@pytest.fixture(scope="module")
+def execution_job(platform_and_cluster) -> str:
+    _, cluster = platform_and_cluster
+    began = time.monotonic()
+    job_id = cluster.submit("execution")
+    wait_for(lambda: completed_checkpoints(cluster, job_id) > 0, timeout=180, interval=1)
+    print(f"submitted and checkpointing after {time.monotonic() - began:.1f}s")
+    return job_id
+
+
 def completed_checkpoints(cluster: StandaloneFlink, job_id: str) -> int:
     try:
         return cluster.checkpoints(job_id)["counts"]["completed"]
@@ -53,12 +66,9 @@ def restored_checkpoint(cluster: StandaloneFlink, job_id: str) -> dict | None:
         return None
 
 
-def test_the_job_file_runs_on_a_cluster_and_survives_losing_its_taskmanager(platform_and_cluster):
+def test_the_job_file_runs_on_a_cluster_and_survives_losing_its_taskmanager(platform_and_cluster,
+                                                                             execution_job):
     platform, cluster = platform_and_cluster
-    began = time.monotonic()
-    job_id = cluster.submit("execution")
-    wait_for(lambda: completed_checkpoints(cluster, job_id) > 0, timeout=180, interval=1)
-    print(f"submitted and checkpointing after {time.monotonic() - began:.1f}s")
     with PacedLoad(platform) as load:
         wait_for(lambda: len(load.accepted) >= 40, timeout=60)
         assert cluster.kill_taskmanagers()
@@ -67,7 +77,44 @@ def test_the_job_file_runs_on_a_cluster_and_survives_losing_its_taskmanager(plat
         time.sleep(3)
     assert len(load.accepted) >= 40
     # Restored from a checkpoint by Flink itself (the JobManager lived on).
-    wait_for(lambda: restored_checkpoint(cluster, job_id), timeout=180, interval=1)
-    assert cluster.job(job_id)["state"] == "RUNNING"
+    wait_for(lambda: restored_checkpoint(cluster, execution_job), timeout=180, interval=1)
+    assert cluster.job(execution_job)["state"] == "RUNNING"
     verify(platform)
     no_duplicates_anywhere(platform)
+
+
+def dead_lettered(cluster: StandaloneFlink, job_id: str) -> int:
+    """The execution operator's deadLettered counter, summed over subtasks."""
+    vertex = next(v for v in cluster.job(job_id)["vertices"] if "execute-orders" in v["name"])
+    base = f"/jobs/{job_id}/vertices/{vertex['id']}/metrics"
+    names = [m["id"] for m in cluster.rest(base) if m["id"].endswith(".deadLettered")]
+    if not names:
+        return 0
+    return sum(int(float(m["value"])) for m in cluster.rest(f"{base}?get={','.join(names)}"))
+
+
+def test_an_undecodable_order_is_dead_lettered_and_counted(platform_and_cluster, execution_job):
+    from mocktrade.adapters.kafka import KafkaEventLog
+
+    platform, cluster = platform_and_cluster
+    marker = f"garbage-{time.time_ns()}".encode()
+
+    async def round_trip() -> dict:
+        log = KafkaEventLog(platform.env["MOCKTRADE_KAFKA_BOOTSTRAP"],
+                            topic_prefix=platform.env["MOCKTRADE_TABLE_PREFIX"])
+        try:
+            consumer = log.consumer("trade_orders.dlq", f"dlq-check-{time.time_ns()}", reset="earliest")
+            await log.publish("trade_orders", USERS[0], b"{not an order " + marker)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                for record in await consumer.poll(100, 1.0):
+                    if marker in record.value:
+                        await consumer.close()
+                        return dict(record.headers)
+            await consumer.close()
+            raise AssertionError("the undecodable order never reached trade_orders.dlq")
+        finally:
+            await log.close()
+    headers = asyncio.run(round_trip())
+    assert headers["dlq.topic"] == "trade_orders" and headers["dlq.reason"]
+    wait_for(lambda: dead_lettered(cluster, execution_job) >= 1, timeout=60, interval=1)
