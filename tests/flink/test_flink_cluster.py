@@ -13,14 +13,14 @@ that cannot be decoded goes to trade_orders.dlq and shows in the operator's
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
 from tests.e2e.conftest import RunningPlatform, wait_for
 from tests.flink.standalone import StandaloneFlink
-from tests.flink.test_flink_jobs import USERS, PacedLoad, no_duplicates_anywhere, pytestmark, verify
+from tests.flink.test_flink_jobs import (USERS, PacedLoad, dead_letter_of_garbage, no_duplicates_anywhere,
+                                        pytestmark, verify)
 
 pytestmark = pytestmark  # same gating as the mini-cluster tests
 
@@ -94,27 +94,7 @@ def dead_lettered(cluster: StandaloneFlink, job_id: str) -> int:
 
 
 def test_an_undecodable_order_is_dead_lettered_and_counted(platform_and_cluster, execution_job):
-    from mocktrade.adapters.kafka import KafkaEventLog
-
     platform, cluster = platform_and_cluster
-    marker = f"garbage-{time.time_ns()}".encode()
-
-    async def round_trip() -> dict:
-        log = KafkaEventLog(platform.env["MOCKTRADE_KAFKA_BOOTSTRAP"],
-                            topic_prefix=platform.env["MOCKTRADE_TABLE_PREFIX"])
-        try:
-            consumer = log.consumer("trade_orders.dlq", f"dlq-check-{time.time_ns()}", reset="earliest")
-            await log.publish("trade_orders", USERS[0], b"{not an order " + marker)
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                for record in await consumer.poll(100, 1.0):
-                    if marker in record.value:
-                        await consumer.close()
-                        return dict(record.headers)
-            await consumer.close()
-            raise AssertionError("the undecodable order never reached trade_orders.dlq")
-        finally:
-            await log.close()
-    headers = asyncio.run(round_trip())
+    headers = dead_letter_of_garbage(platform, "trade_orders")
     assert headers["dlq.topic"] == "trade_orders" and headers["dlq.reason"]
     wait_for(lambda: dead_lettered(cluster, execution_job) >= 1, timeout=60, interval=1)

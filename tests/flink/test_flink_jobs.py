@@ -188,17 +188,18 @@ def test_kill_9_the_flink_jvm_mid_load_restarts_from_the_last_checkpoint(flink_c
     no_duplicates_anywhere(flink_cluster)
 
 
-def test_an_undecodable_trade_goes_to_the_dead_letter_topic_with_its_reason(flink_cluster):
+def dead_letter_of_garbage(platform: RunningPlatform, topic: str) -> dict[str, str]:
+    """Publish an undecodable record to `topic`; the headers of its dead letter."""
     from mocktrade.adapters.kafka import KafkaEventLog
 
-    prefix = flink_cluster.env["MOCKTRADE_TABLE_PREFIX"]
     marker = f"garbage-{time.time_ns()}".encode()
 
-    async def round_trip() -> dict:
-        log = KafkaEventLog(flink_cluster.env["MOCKTRADE_KAFKA_BOOTSTRAP"], topic_prefix=prefix)
+    async def round_trip() -> dict[str, str]:
+        log = KafkaEventLog(platform.env["MOCKTRADE_KAFKA_BOOTSTRAP"],
+                            topic_prefix=platform.env["MOCKTRADE_TABLE_PREFIX"])
         try:
-            consumer = log.consumer("trade_executed.dlq", f"dlq-check-{time.time_ns()}", reset="earliest")
-            await log.publish("trade_executed", "load1", b"{not json " + marker)
+            consumer = log.consumer(f"{topic}.dlq", f"dlq-check-{time.time_ns()}", reset="earliest")
+            await log.publish(topic, USERS[0], b"{not json " + marker)
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 for record in await consumer.poll(100, 1.0):
@@ -206,9 +207,13 @@ def test_an_undecodable_trade_goes_to_the_dead_letter_topic_with_its_reason(flin
                         await consumer.close()
                         return dict(record.headers)
             await consumer.close()
-            raise AssertionError("the undecodable record never reached trade_executed.dlq")
+            raise AssertionError(f"the undecodable record never reached {topic}.dlq")
         finally:
             await log.close()
-    headers = asyncio.run(round_trip())
+    return asyncio.run(round_trip())
+
+
+def test_an_undecodable_trade_goes_to_the_dead_letter_topic_with_its_reason(flink_cluster):
+    headers = dead_letter_of_garbage(flink_cluster, "trade_executed")
     assert headers["dlq.topic"] == "trade_executed" and headers["dlq.reason"]
     assert int(headers["dlq.offset"]) >= 0  # the source table's offset metadata
