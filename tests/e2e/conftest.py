@@ -134,6 +134,14 @@ def platform(request, tmp_path_factory):
     running.stop()
 
 
+def verify(platform: RunningPlatform, wait: float = 60) -> None:
+    """`mocktrade verify --wait WAIT` passes (not platform.cli: its 120 s
+    limit is shorter than some waits)."""
+    result = subprocess.run([*MOCKTRADE, "verify", "--wait", str(wait)], env=platform.env,
+                            capture_output=True, text=True, timeout=wait + 90)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
