@@ -101,6 +101,7 @@ class FlinkJobRunner:
 
     async def _run_once(self, runtime) -> int:
         restore = self.options.restore_from or latest_checkpoint(self.options.checkpoint_dir)
+        (work_dir(self.settings, self.job) / "jvm.pid").unlink(missing_ok=True)  # this run writes its own
         env = job_environment(self.job, self.settings, runtime.python, runtime.jars, restore, self.analytics_url)
         out = open(work_dir(self.settings, self.job) / "flink.log", "ab")
         self.starts += 1
@@ -111,13 +112,28 @@ class FlinkJobRunner:
             stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         (work_dir(self.settings, self.job) / "client.pid").write_text(str(self.process.pid))
         try:
-            return await self.process.wait()
+            return await self._wait_for_end()
         except asyncio.CancelledError:
             self.stop()
             raise
         finally:
             out.close()
             self._kill_leftover_jvm()
+
+    async def _wait_for_end(self) -> int:
+        """The client's exit code; a client whose JVM died (killed, crashed)
+        is ended too: it need not notice soon (its Python side may linger)."""
+        while self.process.returncode is None:
+            await asyncio.sleep(0.5)
+            pid = self._our_pid("jvm.pid")
+            if pid is None and (work_dir(self.settings, self.job) / "jvm.pid").exists():
+                log.warning("flink JVM gone; ending its client", extra={"job": self.job})
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                break
+        return await self.process.wait()
 
     def stop(self) -> None:
         """Stop the client and its mini-cluster JVM (same process group)."""
@@ -136,18 +152,26 @@ class FlinkJobRunner:
     def _kill_leftover_jvm(self) -> None:
         self._kill_ours("jvm.pid", group=False)
 
-    def _kill_ours(self, pid_name: str, group: bool) -> None:
-        """SIGKILL the process in the pid file if it is still one of this job's
-        (its environment names this job's pid file: a reused pid is left alone)."""
+    def _our_pid(self, pid_name: str) -> int | None:
+        """The live process in the pid file if it is still one of this job's
+        (its environment names this job's pid file: a reused pid is not)."""
         directory = work_dir(self.settings, self.job)
         mark = f"MOCKTRADE_FLINK_JVM_PID_FILE={directory / 'jvm.pid'}".encode()
         try:
             pid = int((directory / pid_name).read_text())
-            if mark not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return
-            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
         except (OSError, ValueError):
             pass
+        return None
+
+    def _kill_ours(self, pid_name: str, group: bool) -> None:
+        pid = self._our_pid(pid_name)
+        if pid is not None:
+            try:
+                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def flink_job_process(job: str, settings: Settings) -> Process:
