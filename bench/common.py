@@ -346,6 +346,19 @@ def status_line(result: dict[str, Any]) -> str:
     return text + (f", connection errors: {result['errors']}" if result["errors"] else "")
 
 
+def report_open_loop(result: dict[str, Any], rate: float, duration: float,
+                     connections: int) -> tuple[list[float], list[float], int]:
+    """Print an open-loop phase's rate and latencies; (latencies, service
+    times, answers)."""
+    lat, service, sent = all_latencies(result), all_latencies(result, "service_ms"), completed(result)
+    print(f"  open loop {rate:,.1f}/s for {duration:.0f} s ({connections} connections): "
+          f"{sent / result['elapsed']:,.1f} answered/s [{status_line(result)}]; "
+          f"{result['late_starts']} sends late >1 ms for want of a free connection")
+    print(f"    latency from scheduled send: {summary_ms(lat)}")
+    print(f"    service time (sent->answer): {summary_ms(service)}")
+    return lat, service, sent
+
+
 class CpuMeter:
     """CPU use over an interval: the whole machine (from /proc/stat), the
     server, and what is left for everything else (other work on a shared box)."""

@@ -64,8 +64,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (HOST, Platform, all_latencies, completed, cpu_seconds, machine,  # noqa: E402
-                    mocktrade_command, order_request, percentile, raw_request, run_loadgen,
-                    status_line, summary_ms)
+                    mocktrade_command, order_request, percentile, raw_request, report_open_loop,
+                    run_loadgen, status_line, summary_ms)
 from orders import SYMBOLS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,14 +436,7 @@ def fixed_rate(platform: Platform, ledger: Ledger, requests, rate: float, args, 
                           "mode": "open", "rate": rate, "warmup": 1.0, "duration": args.duration,
                           "capture": True})
     cpu = meter.stop()
-    lat = all_latencies(result)
-    service = all_latencies(result, "service_ms")
-    sent = completed(result)
-    print(f"  open loop {rate:,.1f}/s for {args.duration:.0f} s ({args.open_connections} connections): "
-          f"{sent / result['elapsed']:,.1f} answered/s [{status_line(result)}]; "
-          f"{result['late_starts']} sends late >1 ms for want of a free connection")
-    print(f"    latency from scheduled send: {summary_ms(lat)}")
-    print(f"    service time (sent->answer): {summary_ms(service)}")
+    lat, service, sent = report_open_loop(result, rate, args.duration, args.open_connections)
     print(f"    {GroupMeter.line(cpu)}", flush=True)
     # Every counted 202 must reach the ledger (warm-up 202s come on top).
     target = expected_before + completed(result, "202")

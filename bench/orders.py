@@ -45,8 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (CpuMeter, Platform, all_latencies, completed, eventlog_count,  # noqa: E402
-                    machine, order_request, percentile, raw_request, run_loadgen, status_line,
-                    summary_ms)
+                    machine, order_request, percentile, raw_request, report_open_loop, run_loadgen,
+                    status_line, summary_ms)
 
 GOAL_THROUGHPUT = 2000.0   # orders/s
 GOAL_P99_MS = 25.0         # at 1,000/s
@@ -173,14 +173,7 @@ def fixed_rate(platform: Platform, requests: list[list[str]], args, rate: float)
                           "capture": True}, args.procs)
     cpu = meter.stop(result["client_cpu"])
     _, drain = wait_drained(platform)
-    lat = all_latencies(result)
-    service = all_latencies(result, "service_ms")
-    sent = completed(result)
-    print(f"  open loop {rate:,.0f}/s for {args.duration:.0f} s ({args.open_connections} "
-          f"connections): {sent / result['elapsed']:,.0f} answered/s [{status_line(result)}]; "
-          f"{result['late_starts']} sends late >1 ms for want of a free connection")
-    print(f"    latency from scheduled send: {summary_ms(lat)}")
-    print(f"    service time (sent->answer): {summary_ms(service)}")
+    lat, service, sent = report_open_loop(result, rate, args.duration, args.open_connections)
     print(f"    {CpuMeter.line(cpu)}")
 
     # (c) from the ledger: accepted (orderTimestamp) -> executed and in the portfolio.
