@@ -18,10 +18,11 @@ from typing import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI
 
 from .config import Settings
-from .domain.events import TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS
+from .domain.events import TOPIC_ORDER_COMMANDS, TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS
 from .jobs.execution import ExecutionHandler
 from .jobs.persistence import PersistenceHandler
 from .jobs.runner import run_consumer
+from .jobs.triggers import TriggerHandler, run_triggers
 from .ports import (AccountExists, Analytics, EventLog, IdempotencyStore, PortfolioStore,
                     PriceCache, TradeHistory)
 from .services.auth import TokenIssuer
@@ -39,7 +40,7 @@ PERSISTENCE_GROUP = "trade-persistence"
 INTERNAL_USER = "mocktrade-internal"
 
 SERVICES = ("gateway", "order", "portfolio", "query", "marketdata", "ingestion", "feed")
-JOBS = ("execution", "persistence")
+JOBS = ("execution", "persistence", "triggers")
 
 # The roles (see readiness.configured_engines) each process needs.
 ROLES = {
@@ -47,11 +48,12 @@ ROLES = {
     "order": {"log", "prices", "portfolios"},
     "portfolio": {"prices", "portfolios"},
     "query": {"prices", "history", "analytics"},
-    "marketdata": {"log", "prices"},
+    "marketdata": {"log", "prices", "portfolios"},
     "ingestion": {"log"},
     "feed": set(),
     "execution": {"log", "prices", "portfolios"},
     "persistence": {"log", "history", "analytics"},
+    "triggers": {"log", "portfolios"},
 }
 
 
@@ -149,7 +151,8 @@ class Resources:
 # -- the single-purpose pieces, shared by both modes ---------------------------
 
 def order_service(r: Resources) -> OrderService:
-    return OrderService(r.event_log, r.prices, r.portfolios, r.idempotency, frozenset(r.settings.symbols))
+    return OrderService(r.event_log, r.prices, r.portfolios, r.idempotency,
+                        frozenset(r.settings.symbols), session_close=r.settings.session_close)
 
 
 def query_service(r: Resources) -> QueryService:
@@ -157,9 +160,22 @@ def query_service(r: Resources) -> QueryService:
 
 
 def execution_job(r: Resources) -> Callable[[], Awaitable[None]]:
+    """The portfolio owner: new orders and the commands about them, both keyed
+    by userId, applied by one handler (each step is atomic in the store)."""
     handler = ExecutionHandler(r.portfolios, r.prices, r.event_log)
-    return lambda: run_consumer(r.event_log, TOPIC_TRADE_ORDERS, EXECUTION_GROUP, handler.handle,
-                                max_records=500)
+
+    async def run() -> None:
+        await asyncio.gather(
+            run_consumer(r.event_log, TOPIC_TRADE_ORDERS, EXECUTION_GROUP, handler.handle,
+                         max_records=500),
+            run_consumer(r.event_log, TOPIC_ORDER_COMMANDS, EXECUTION_GROUP, handler.handle,
+                         max_records=500))
+    return run
+
+
+def triggers_job(r: Resources) -> Callable[[], Awaitable[None]]:
+    handler = TriggerHandler(r.portfolios, r.event_log)
+    return lambda: run_triggers(handler, r.event_log)
 
 
 def persistence_job(r: Resources) -> Callable[[], Awaitable[None]]:
@@ -278,7 +294,8 @@ def _add_marketdata(p: Process) -> None:
     from .services.marketdata import MarketDataService
 
     r = p.resources
-    service = MarketDataService(r.event_log, r.prices, r.settings.symbols, r.settings.ws_client_buffer)
+    service = MarketDataService(r.event_log, r.prices, r.settings.symbols, r.settings.ws_client_buffer,
+                                portfolios=r.portfolios, tokens=r.tokens)
     p.routes += service.routes()
     p.on_start(service.start, service.stop)
 
@@ -331,6 +348,8 @@ def service_process(name: str, settings: Settings) -> Process:
         _add_feed(p)
     if name == "execution":
         p.background("execution-job", execution_job(r))
+    if name == "triggers":
+        p.background("triggers-job", triggers_job(r))
     if name == "persistence":
         p.background("persistence-job", persistence_job(r))
         if not settings.clickhouse_url:
@@ -353,6 +372,7 @@ def embedded_platform(settings: Settings) -> Process:
     _add_marketdata(p)
     _add_ingestion(p)
     p.background("execution-job", execution_job(r))
+    p.background("triggers-job", triggers_job(r))
     p.background("persistence-job", persistence_job(r))
 
     async def retain() -> None:

@@ -17,7 +17,7 @@ from .domain.money import AmountError, fmt, parse_cash
 from .ports import AccountExists
 
 SERVICES = ("gateway", "order", "portfolio", "query", "marketdata", "ingestion", "feed")
-JOBS = ("execution", "persistence")
+JOBS = ("execution", "persistence", "triggers")
 
 
 class CommandError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field, replace
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -55,6 +56,15 @@ def _number(name: str, default: str, kind: type = float):
         raise ConfigError(f"MOCKTRADE_{name} must be a number, got {raw!r}") from None
 
 
+def _time_of_day(name: str, default: str) -> time:
+    raw = _env(name, default)
+    try:
+        return time.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"MOCKTRADE_{name} must be a UTC time of day like 20:00 or 20:00:30, "
+                          f"got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path(".mocktrade")
@@ -74,6 +84,8 @@ class Settings:
     rate_limit_burst: int = 400
     log_partitions: int = 4
     ws_client_buffer: int = 256
+    # DAY orders expire at this UTC time of day (the session close).
+    session_close: time = time(20, 0)
     demo_cash: Decimal = Decimal("100000.00")
     demo_users: tuple[str, ...] = ("alice", "bob")
     log_level: str = field(default="INFO")
@@ -121,6 +133,7 @@ class Settings:
             rate_limit_burst=_number("RATE_LIMIT_BURST", "400", int),
             log_partitions=_number("LOG_PARTITIONS", "4", int),
             ws_client_buffer=_number("WS_CLIENT_BUFFER", "256", int),
+            session_close=_time_of_day("SESSION_CLOSE", "20:00"),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
             kafka_bootstrap=_env("KAFKA_BOOTSTRAP", ""),
             kafka_partitions=_number("KAFKA_PARTITIONS", "4", int),

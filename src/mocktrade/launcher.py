@@ -23,6 +23,7 @@ LAYOUT = (
     ("marketdata", ("serve", "marketdata"), 1),
     ("execution", ("job", "execution"), 10),
     ("persistence", ("job", "persistence"), 4),
+    ("triggers", ("job", "triggers"), 5),
     ("gateway", ("serve", "gateway"), 0),
 )
 
@@ -76,7 +77,7 @@ def plan(settings: Settings, engine_env: dict[str, str], replicas: dict[str, int
     env = {**os.environ, **engine_env,
            "MOCKTRADE_DATA_DIR": str(settings.data_dir.resolve()),
            "MOCKTRADE_HOST": host,
-           "MOCKTRADE_FEED_URL": f"ws://{host}:{base + 2}/feed/v1/ticks",
+           "MOCKTRADE_FEED_URL": settings.feed_url or f"ws://{host}:{base + 2}/feed/v1/ticks",
            "MOCKTRADE_ANALYTICS_URL": "" if engine_env.get("MOCKTRADE_CLICKHOUSE_URL")
            else f"http://{host}:{base + 4}"}
     children = []

@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import AsyncIterator, Literal, Mapping, Protocol, Sequence
 
+from .domain.lifecycle import AccountReset, Instruction, OrderState, Step, Transition
 from .domain.model import Execution, ExecutionStatus, Order, Portfolio, PriceTick, Side
 
 
@@ -102,19 +103,65 @@ class Account:
     created: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class OrderQuery:
+    user_id: str
+    open: bool | None = None  # True: OPEN orders only; False: final ones only; None: all
+    symbol: str | None = None
+    limit: int = 50
+    page_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    orders: list[OrderState]
+    next_page_token: str | None
+
+
 class PortfolioStore(Protocol):
+    """Portfolios, the orders' records and the execution ledger: what the
+    portfolio owner (the execution job) writes, one atomic step at a time."""
+
     async def create_account(self, user_id: str, cash: Decimal, now: datetime) -> Portfolio:
         """Raise AccountExists if the user is already registered."""
 
     async def get(self, user_id: str) -> Portfolio | None: ...
 
+    async def apply(self, instruction: Instruction, price: Decimal | None,
+                    now: datetime) -> Step:
+        """Decide the instruction (domain.lifecycle) and write the portfolio,
+        the order records and the ledger entries it changes in one atomic step.
+
+        Idempotent: an instruction applied before (same orderId placed, same
+        resetId) or one that no longer applies changes nothing, and the step
+        returned re-emits what is known of the order, so the caller can
+        publish again what a crash may have lost.
+        """
+
     async def apply_execution(self, order: Order, price: Decimal | None,
                               now: datetime) -> Execution:
-        """Execute or fail the order in one atomic step, at most once per orderId.
-
-        A second call with the same orderId changes nothing and returns the
-        ledger entry written by the first.
+        """apply(PlaceOrder(order)) for an order that ends at once (a market
+        order): its ledger entry. At most once per orderId; a second call
+        returns the entry written by the first.
         """
+
+    async def order(self, order_id: str) -> OrderState | None: ...
+
+    async def order_by_client_id(self, user_id: str, client_order_id: str) -> OrderState | None: ...
+
+    async def orders(self, query: OrderQuery) -> OrderPage:
+        """A user's orders, newest first (orderTimestamp, then orderId);
+        raise InvalidPageToken."""
+
+    async def open_orders(self) -> list[OrderState]:
+        """Every user's OPEN orders (what the trigger job starts from)."""
+
+    async def order_updates(self, user_id: str, after_seq: int,
+                            limit: int = 1000) -> list[tuple[OrderState, Transition]]:
+        """The user's order transitions numbered after `after_seq`, in order."""
+
+    async def resets(self, user_id: str) -> list[AccountReset]:
+        """The user's account resets, oldest first."""
 
     async def execution(self, order_id: str) -> Execution | None: ...
 
@@ -133,6 +180,7 @@ class IdempotencyRecord:
     order_id: str
     fingerprint: str
     published: bool
+    decline: str | None = None  # a remembered business decline (JSON), replayed on retry
 
 
 class IdempotencyStore(Protocol):
@@ -143,6 +191,9 @@ class IdempotencyStore(Protocol):
         """Atomically claim the key; return whichever record holds it now."""
 
     async def mark_published(self, user_id: str, key: str) -> None: ...
+
+    async def remember_decline(self, user_id: str, key: str, decline: str) -> None:
+        """Record that the key's request was declined (402/422) and how."""
 
     async def close(self) -> None: ...
 

@@ -50,3 +50,12 @@ async def test_claims_survive_reopening(open_idempotency_store):
     reopened = await open_idempotency_store()
     assert await reopened.reserve("alice", "key-1", "x", "y") == IdempotencyRecord("order-1", "fp-a", True)
     assert await reopened.reserve("alice", "key-2", "x", "y") == IdempotencyRecord("order-2", "fp-b", False)
+
+
+async def test_a_remembered_decline_comes_back_with_the_key(idempotency_store):
+    await idempotency_store.reserve("alice", "key-d", "fp-a", "order-1")
+    await idempotency_store.remember_decline("alice", "key-d", '{"status": 402}')
+    record = await idempotency_store.lookup("alice", "key-d")
+    assert record.decline == '{"status": 402}' and not record.published
+    assert (await idempotency_store.reserve("alice", "key-d", "fp-a", "order-2")).decline == \
+        '{"status": 402}'

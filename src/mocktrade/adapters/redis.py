@@ -314,13 +314,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
              'published', '0', 'created', ARGV[3])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 end
-return redis.call('HMGET', KEYS[1], 'orderId', 'fingerprint', 'published')
+return redis.call('HMGET', KEYS[1], 'orderId', 'fingerprint', 'published', 'decline')
 """
 
 # Only a key that still exists is marked (HSET keeps its time to live).
 _MARK_PUBLISHED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'published', '1')
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 return 0
 """
@@ -345,7 +345,7 @@ class RedisIdempotencyStore:
     async def lookup(self, user_id: str, key: str) -> IdempotencyRecord | None:
         with _unavailable_as_port_error():
             values = await self._redis.hmget(self._key(user_id, key),
-                                              ["orderId", "fingerprint", "published"])
+                                              ["orderId", "fingerprint", "published", "decline"])
         return self._record(values)
 
     async def reserve(self, user_id: str, key: str, fingerprint: str,
@@ -361,14 +361,18 @@ class RedisIdempotencyStore:
 
     async def mark_published(self, user_id: str, key: str) -> None:
         with _unavailable_as_port_error():
-            await self._mark_published(keys=[self._key(user_id, key)])
+            await self._mark_published(keys=[self._key(user_id, key)], args=["published", "1"])
+
+    async def remember_decline(self, user_id: str, key: str, decline: str) -> None:
+        with _unavailable_as_port_error():
+            await self._mark_published(keys=[self._key(user_id, key)], args=["decline", decline])
 
     @staticmethod
     def _record(values: list[str | None]) -> IdempotencyRecord | None:
-        order_id, fingerprint, published = values
+        order_id, fingerprint, published, decline = values
         if order_id is None or fingerprint is None:
             return None
-        return IdempotencyRecord(order_id, fingerprint, published == "1")
+        return IdempotencyRecord(order_id, fingerprint, published == "1", decline)
 
     async def close(self) -> None:
         await self._redis.aclose()

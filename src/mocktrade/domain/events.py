@@ -15,18 +15,24 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from .model import Execution, ExecutionStatus, Order, PriceTick, Side
-from .money import AmountError, fmt, parse_price, parse_quantity
+from .lifecycle import (CancelOrder, ExpireOrder, Instruction, OrderState, OrderStatus,
+                        ResetAccount, Transition, TriggerOrder)
+from .model import Execution, ExecutionStatus, Order, OrderType, PriceTick, Side, TimeInForce
+from .money import (CASH_QUANTUM, QUANTITY_QUANTUM, AmountError, fmt, parse_cash, parse_price,
+                    parse_quantity)
 
 SCHEMA_VERSION = 1
 
 TOPIC_MARKET_DATA = "market_data"
 TOPIC_TRADE_ORDERS = "trade_orders"
 TOPIC_TRADE_EXECUTED = "trade_executed"
+TOPIC_ORDER_COMMANDS = "order_commands"
+TOPIC_ORDER_UPDATES = "order_updates"
 
 # eventIds of trade_executed events are derived from the orderId so that a
 # replayed execution carries the same id and downstream writes stay idempotent.
 _EXECUTED_NAMESPACE = uuid.UUID("6f1c1d2e-5b7a-4e8e-9a43-2f0d8c3b9e11")
+_UPDATE_NAMESPACE = uuid.UUID("0b8e5a7c-3d21-4f6a-8c9e-5a1b2c3d4e5f")
 
 
 class EventDecodeError(ValueError):
@@ -142,15 +148,53 @@ def decode_market_data(payload: Mapping[str, Any]) -> PriceTick:
 # -- trade_orders -------------------------------------------------------------
 
 def trade_order_payload(order: Order) -> dict[str, Any]:
-    return {"orderId": order.order_id, "userId": order.user_id, "symbol": order.symbol,
-            "quantity": fmt(order.quantity), "side": order.side.value,
-            "orderTimestamp": format_time(order.order_timestamp)}
+    """The reference's fields, then the order type's (absent for a plain market
+    order, so a reference consumer sees exactly the reference payload)."""
+    payload: dict[str, Any] = {
+        "orderId": order.order_id, "userId": order.user_id, "symbol": order.symbol,
+        "quantity": fmt(order.quantity), "side": order.side.value,
+        "orderTimestamp": format_time(order.order_timestamp)}
+    if order.order_type is not OrderType.MARKET:
+        payload["type"] = order.order_type.value
+    if order.time_in_force is not TimeInForce.DAY:
+        payload["timeInForce"] = order.time_in_force.value
+    if order.limit_price is not None:
+        payload["limitPrice"] = fmt(order.limit_price)
+    if order.stop_price is not None:
+        payload["stopPrice"] = fmt(order.stop_price)
+    if order.client_order_id is not None:
+        payload["clientOrderId"] = order.client_order_id
+    if order.expires_at is not None:
+        payload["expireAt"] = format_time(order.expires_at)
+    return payload
+
+
+def _optional(payload: Mapping[str, Any], name: str, decode: Callable[[], Any]) -> Any:
+    return None if payload.get(name) is None else decode()
 
 
 def decode_trade_order(payload: Mapping[str, Any]) -> Order:
-    return Order(_text(payload, "orderId"), _text(payload, "userId"), _text(payload, "symbol"),
-                 _amount(payload, "quantity", parse_quantity), _enum(payload, "side", Side),
-                 parse_time(payload.get("orderTimestamp"), "orderTimestamp"))
+    order_type = _enum(payload, "type", OrderType) if payload.get("type") is not None \
+        else OrderType.MARKET
+    tif = _enum(payload, "timeInForce", TimeInForce) if payload.get("timeInForce") is not None \
+        else TimeInForce.DAY
+    order = Order(
+        _text(payload, "orderId"), _text(payload, "userId"), _text(payload, "symbol"),
+        _amount(payload, "quantity", parse_quantity), _enum(payload, "side", Side),
+        parse_time(payload.get("orderTimestamp"), "orderTimestamp"), order_type, tif,
+        _optional(payload, "limitPrice", lambda: _amount(payload, "limitPrice", parse_price)),
+        _optional(payload, "stopPrice", lambda: _amount(payload, "stopPrice", parse_price)),
+        _optional(payload, "clientOrderId", lambda: _text(payload, "clientOrderId")),
+        _optional(payload, "expireAt", lambda: parse_time(payload.get("expireAt"), "expireAt")))
+    needs_limit = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    needs_stop = order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+    if needs_limit != (order.limit_price is not None):
+        raise EventDecodeError(f"limitPrice {'is required' if needs_limit else 'is not allowed'} "
+                               f"for {order_type.value} orders")
+    if needs_stop != (order.stop_price is not None):
+        raise EventDecodeError(f"stopPrice {'is required' if needs_stop else 'is not allowed'} "
+                               f"for {order_type.value} orders")
+    return order
 
 
 # -- trade_executed -----------------------------------------------------------
@@ -190,3 +234,148 @@ def encode_trade_executed(execution: Execution, source_service: str = "trade-exe
     return encode(source_service, trade_executed_payload(execution),
                   event_id=executed_event_id(execution.order_id),
                   event_timestamp=execution.execution_timestamp)
+
+
+# -- order_commands: instructions to the portfolio owner (key: userId) -------------
+
+COMMAND_CANCEL, COMMAND_TRIGGER, COMMAND_EXPIRE, COMMAND_RESET = "CANCEL", "TRIGGER", "EXPIRE", "RESET"
+
+
+def order_command_payload(instruction: Instruction) -> dict[str, Any]:
+    if isinstance(instruction, CancelOrder):
+        return {"command": COMMAND_CANCEL, "userId": instruction.user_id,
+                "orderId": instruction.order_id, "requestedAt": format_time(instruction.requested_at)}
+    if isinstance(instruction, TriggerOrder):
+        return {"command": COMMAND_TRIGGER, "userId": instruction.user_id,
+                "orderId": instruction.order_id, "price": fmt(instruction.price),
+                "tickTimestamp": format_time(instruction.tick_time)}
+    if isinstance(instruction, ExpireOrder):
+        return {"command": COMMAND_EXPIRE, "userId": instruction.user_id,
+                "orderId": instruction.order_id, "at": format_time(instruction.at)}
+    if isinstance(instruction, ResetAccount):
+        return {"command": COMMAND_RESET, "userId": instruction.user_id,
+                "resetId": instruction.reset_id,
+                "cash": fmt(instruction.cash) if instruction.cash is not None else None,
+                "requestedAt": format_time(instruction.requested_at)}
+    raise TypeError(f"{type(instruction).__name__} is not an order command")
+
+
+def decode_order_command(payload: Mapping[str, Any]) -> Instruction:
+    command = payload.get("command")
+    user = _text(payload, "userId")
+    if command == COMMAND_CANCEL:
+        return CancelOrder(user, _text(payload, "orderId"),
+                           parse_time(payload.get("requestedAt"), "requestedAt"))
+    if command == COMMAND_TRIGGER:
+        return TriggerOrder(user, _text(payload, "orderId"), _amount(payload, "price", parse_price),
+                            parse_time(payload.get("tickTimestamp"), "tickTimestamp"))
+    if command == COMMAND_EXPIRE:
+        return ExpireOrder(user, _text(payload, "orderId"), parse_time(payload.get("at"), "at"))
+    if command == COMMAND_RESET:
+        return ResetAccount(user, _text(payload, "resetId"),
+                            _optional(payload, "cash", lambda: _amount(payload, "cash", parse_cash)),
+                            parse_time(payload.get("requestedAt"), "requestedAt"))
+    raise EventDecodeError(f"command must be one of CANCEL, TRIGGER, EXPIRE, RESET, not {command!r}")
+
+
+def encode_order_command(instruction: Instruction, source_service: str) -> bytes:
+    return encode(source_service, order_command_payload(instruction))
+
+
+# -- order_updates: every status change of an order (key: userId) ------------------
+
+def order_view(state: OrderState) -> dict[str, Any]:
+    """An order as users see it (the API's order object without transitions)."""
+    order, outcome = state.order, state.outcome
+    return {
+        "orderId": order.order_id, "clientOrderId": order.client_order_id,
+        "userId": order.user_id, "symbol": order.symbol, "side": order.side.value,
+        "type": order.order_type.value, "timeInForce": order.time_in_force.value,
+        "quantity": fmt(order.quantity),
+        "limitPrice": fmt(order.limit_price) if order.limit_price is not None else None,
+        "stopPrice": fmt(order.stop_price) if order.stop_price is not None else None,
+        "status": state.status.value,
+        "stopTriggered": state.stop_triggered,
+        "filledQuantity": fmt(order.quantity if outcome and outcome.executed else 0 * order.quantity),
+        "executionPrice": fmt(outcome.execution_price) if outcome and outcome.execution_price is not None else None,
+        "outcome": outcome.status.value if outcome else None,
+        "failureReason": outcome.failure_reason if outcome else None,
+        "reservedCash": fmt(state.reserved_cash.quantize(CASH_QUANTUM)),
+        "reservedShares": fmt(state.reserved_shares.quantize(QUANTITY_QUANTUM)),
+        "orderTimestamp": format_time(order.order_timestamp),
+        "expireAt": format_time(order.expires_at) if order.expires_at else None,
+    }
+
+
+def order_update_payload(state: OrderState, transition: Transition) -> dict[str, Any]:
+    payload = order_view(state)
+    if transition.seq != state.last_seq:
+        # An earlier transition re-emitted: the status it had then, not now.
+        payload.update(status=transition.status.value)
+        if not transition.status.final:
+            payload.update(filledQuantity=fmt(0 * state.order.quantity), executionPrice=None,
+                           outcome=None, failureReason=None)
+    payload.update(seq=transition.seq, time=format_time(transition.at))
+    return payload
+
+
+def order_update_event_id(user_id: str, seq: int) -> str:
+    return str(uuid.uuid5(_UPDATE_NAMESPACE, f"{user_id}:{seq}"))
+
+
+def encode_order_update(state: OrderState, transition: Transition,
+                        source_service: str = "trade-execution") -> bytes:
+    return encode(source_service, order_update_payload(state, transition),
+                  event_id=order_update_event_id(state.user_id, transition.seq),
+                  event_timestamp=transition.at)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """A decoded order_updates payload: what the trigger job and streams need."""
+
+    user_id: str
+    seq: int
+    order: Order
+    status: str
+    stop_triggered: bool
+    payload: Mapping[str, Any]
+
+
+def decode_order_update(payload: Mapping[str, Any]) -> OrderUpdate:
+    seq = payload.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise EventDecodeError("seq must be a positive integer")
+    status = _enum(payload, "status", OrderStatus)
+    order = decode_trade_order(payload)
+    return OrderUpdate(order.user_id, seq, order, status.value,
+                       bool(payload.get("stopTriggered")), payload)
+
+
+# -- the stored form of an order's record (both portfolio stores) ------------------
+
+def order_record(state: OrderState) -> dict[str, Any]:
+    return {
+        "order": trade_order_payload(state.order), "status": state.status.value,
+        "transitions": [[t.status.value, format_time(t.at), t.seq] for t in state.transitions],
+        "reservedCash": fmt(state.reserved_cash), "reservedShares": fmt(state.reserved_shares),
+        "stopTriggered": state.stop_triggered,
+        "outcome": trade_executed_payload(state.outcome) if state.outcome else None,
+    }
+
+
+def decode_order_record(record: Mapping[str, Any]) -> OrderState:
+    order = decode_trade_order(record["order"])
+    outcome = record.get("outcome")
+    execution = None
+    if outcome is not None:
+        execution = decode_trade_executed(outcome)
+        execution = Execution(*[getattr(execution, f) for f in (
+            "order_id", "user_id", "symbol", "quantity", "side", "status", "execution_price",
+            "execution_timestamp", "failure_reason")], order_timestamp=order.order_timestamp)
+    return OrderState(
+        order, OrderStatus(record["status"]),
+        tuple(Transition(OrderStatus(s), parse_time(at, "at"), seq)
+              for s, at, seq in record["transitions"]),
+        Decimal(record["reservedCash"]), Decimal(record["reservedShares"]),
+        bool(record["stopTriggered"]), execution)

@@ -8,14 +8,15 @@ time because the price and the portfolio may have moved since acceptance.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 
-from .model import ZERO, Execution, ExecutionStatus, Order, Portfolio, Side
-from .money import CASH_QUANTUM, MAX_ORDER_QUANTITY, trade_value
+from .model import ZERO, Execution, ExecutionStatus, Order, OrderType, Portfolio, Side
+from .money import CASH_QUANTUM, MAX_ORDER_QUANTITY, MAX_PRICE, trade_value
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,15}$")
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[\x20-\x7e]{1,64}$")
 
 
 class OrderRejected(Exception):
@@ -59,21 +60,60 @@ def check_symbol(symbol: str, known_symbols: frozenset[str] | set[str] | None) -
         raise UnknownSymbol(f"unknown symbol {symbol}")
 
 
+def _check_price(value: Decimal | None, name: str, order_type: OrderType, needed: bool) -> None:
+    if needed and value is None:
+        raise InvalidOrder(f"{name} is required for {order_type.value} orders", name)
+    if not needed and value is not None:
+        raise InvalidOrder(f"{name} is not allowed for {order_type.value} orders", name)
+    if value is not None and not (ZERO < value <= MAX_PRICE):
+        raise InvalidOrder(f"{name} must be greater than 0 and at most {MAX_PRICE}", name)
+
+
+def check_order_shape(order: Order) -> None:
+    """The prices an order type needs, and nothing it does not."""
+    kind = order.order_type
+    _check_price(order.limit_price, "limitPrice", kind,
+                 kind in (OrderType.LIMIT, OrderType.STOP_LIMIT))
+    _check_price(order.stop_price, "stopPrice", kind,
+                 kind in (OrderType.STOP, OrderType.STOP_LIMIT))
+    if order.client_order_id is not None and not CLIENT_ORDER_ID_PATTERN.match(order.client_order_id):
+        raise InvalidOrder("clientOrderId must be 1-64 printable ASCII characters", "clientOrderId")
+
+
+def cost_bound(order: Order, price: Decimal) -> Decimal:
+    """The most cash a buy may need: at the market, its limit, or its stop
+    (or the market, if that is already past the stop)."""
+    if order.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
+        assert order.limit_price is not None
+        return trade_value(order.quantity, order.limit_price)
+    if order.order_type is OrderType.STOP:
+        assert order.stop_price is not None
+        return trade_value(order.quantity, max(order.stop_price, price))
+    return trade_value(order.quantity, price)
+
+
+def next_session_close(moment: datetime, close: time) -> datetime:
+    """The first session close (a UTC time of day) strictly after `moment`."""
+    candidate = datetime.combine(moment.date(), close, tzinfo=moment.tzinfo)
+    return candidate if candidate > moment else candidate + timedelta(days=1)
+
+
 def validate(order: Order, portfolio: Portfolio, price: Decimal,
              known_symbols: frozenset[str] | set[str] | None = None) -> None:
     """Raise an OrderRejected subclass unless the order may be accepted now."""
     check_symbol(order.symbol, known_symbols)
     check_quantity(order.quantity)
+    check_order_shape(order)
     if order.side is Side.BUY:
-        cost = trade_value(order.quantity, price)
-        if cost > portfolio.cash:
+        cost = cost_bound(order, price)
+        if cost > portfolio.buying_power:
             raise InsufficientFunds(
-                f"buying {order.quantity} {order.symbol} at {price} costs {cost}, "
-                f"cash available is {portfolio.cash}")
-    elif portfolio.shares_of(order.symbol) < order.quantity:
+                f"buying {order.quantity} {order.symbol} needs up to {cost}, "
+                f"buying power is {portfolio.buying_power}")
+    elif portfolio.available_shares(order.symbol) < order.quantity:
         raise InsufficientShares(
             f"selling {order.quantity} {order.symbol} but only "
-            f"{portfolio.shares_of(order.symbol)} held")
+            f"{portfolio.available_shares(order.symbol)} available to sell")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +144,16 @@ def execute(order: Order, portfolio: Portfolio, price: Decimal | None,
     held = portfolio.shares_of(order.symbol)
     basis = portfolio.cost_basis.get(order.symbol, ZERO)
     if order.side is Side.BUY:
-        if value > portfolio.cash:
+        if value > portfolio.buying_power:
             return _failed(order, portfolio, ExecutionStatus.FAILED_INSUFFICIENT_FUNDS,
-                           f"cost {value} exceeds cash {portfolio.cash}", now)
+                           f"cost {value} exceeds buying power {portfolio.buying_power}", now)
         cash = portfolio.cash - value
         new_held, new_basis = held + order.quantity, basis + value
     else:
-        if order.quantity > held:
+        if order.quantity > portfolio.available_shares(order.symbol):
             return _failed(order, portfolio, ExecutionStatus.FAILED_INSUFFICIENT_SHARES,
-                           f"selling {order.quantity} but {held} held", now)
+                           f"selling {order.quantity} but "
+                           f"{portfolio.available_shares(order.symbol)} available", now)
         cash = portfolio.cash + value
         new_held = held - order.quantity
         # Average-cost method: the sold fraction takes its share of the basis.
@@ -126,7 +167,8 @@ def execute(order: Order, portfolio: Portfolio, price: Decimal | None,
     else:
         holdings[order.symbol] = new_held
         cost_basis[order.symbol] = new_basis
-    updated = Portfolio(portfolio.user_id, cash, holdings, cost_basis, now, portfolio.version + 1)
+    updated = replace(portfolio, cash=cash, holdings=holdings, cost_basis=cost_basis,
+                      last_updated=now, version=portfolio.version + 1)
     execution = Execution(order.order_id, order.user_id, order.symbol, order.quantity,
                           order.side, ExecutionStatus.EXECUTED, price, now, None,
                           order.order_timestamp)

@@ -1,8 +1,13 @@
-"""Trade execution: each accepted order becomes exactly one trade_executed event.
+"""Trade execution: the portfolio owner. Every accepted order becomes exactly
+one trade_executed event, and every change to a user's money goes through here.
 
-The portfolio store's ledger makes `apply_execution` idempotent per orderId,
-and the event is derived from the ledger entry, so redelivering an order
-(after a crash before the offset commit) re-emits the identical event.
+It consumes two topics keyed by userId: trade_orders (new orders) and
+order_commands (cancels, trigger fills, expiries, resets). Each record is one
+instruction, applied by the portfolio store in one atomic, idempotent step;
+what the step changed is published: each order transition to order_updates,
+each order that became final to trade_executed. A redelivered record (after
+a crash before the offset commit) is a replay: the store changes nothing and
+hands back the same events, with the same eventIds, to publish again.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..domain.events import (TOPIC_TRADE_EXECUTED, EventDecodeError, decode_envelope,
-                             decode_trade_order, encode_trade_executed)
+from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES, TOPIC_TRADE_EXECUTED,
+                             EventDecodeError, decode_envelope, decode_order_command,
+                             decode_trade_order, encode_order_update, encode_trade_executed)
+from ..domain.lifecycle import Instruction, PlaceOrder, Step, TriggerOrder
 from ..domain.model import Execution, utc_now
 from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache
 from .deadletter import dead_letter
@@ -24,7 +31,17 @@ log = logging.getLogger("mocktrade.execution")
 class ExecutionStats:
     executed: int = 0
     failed: int = 0
+    canceled: int = 0
+    expired: int = 0
+    opened: int = 0
     dead_lettered: int = 0
+
+
+def decode_instruction(record: LogRecord) -> Instruction:
+    payload = decode_envelope(record.value).payload
+    if record.topic.endswith(TOPIC_ORDER_COMMANDS):
+        return decode_order_command(payload)
+    return PlaceOrder(decode_trade_order(payload))
 
 
 class ExecutionHandler:
@@ -38,20 +55,43 @@ class ExecutionHandler:
             await self.handle_one(record)
 
     async def handle_one(self, record: LogRecord) -> Execution | None:
+        """Apply one instruction; the final outcome of the order it closed, if any."""
         try:
-            order = decode_trade_order(decode_envelope(record.value).payload)
+            instruction = decode_instruction(record)
         except EventDecodeError as exc:
             await dead_letter(self._log, record, str(exc))
             self.stats.dead_lettered += 1
             return None
-        tick = await self._prices.get_price(order.symbol)
-        execution = await self._portfolios.apply_execution(
-            order, tick.price if tick else None, self._clock())
-        headers = {k: v for k, v in record.headers.items() if k == "traceparent"}
-        await self._log.publish(TOPIC_TRADE_EXECUTED, execution.user_id,
-                                encode_trade_executed(execution), headers)
-        if execution.executed:
-            self.stats.executed += 1
-        else:
-            self.stats.failed += 1
-        return execution
+        step = await self._portfolios.apply(instruction, await self._price_for(instruction),
+                                            self._clock())
+        await self._publish(step, {k: v for k, v in record.headers.items() if k == "traceparent"})
+        return step.outcomes[-1] if step.outcomes else None
+
+    async def _price_for(self, instruction: Instruction):
+        if isinstance(instruction, TriggerOrder):
+            return instruction.price  # a trigger fills at the tick that crossed the order
+        if isinstance(instruction, PlaceOrder):
+            tick = await self._prices.get_price(instruction.order.symbol)
+            return tick.price if tick else None
+        return None
+
+    async def _publish(self, step: Step, headers: dict[str, str]) -> None:
+        for state, transition in step.new_transitions:
+            await self._log.publish(TOPIC_ORDER_UPDATES, state.user_id,
+                                    encode_order_update(state, transition), headers)
+        for outcome in step.outcomes:
+            await self._log.publish(TOPIC_TRADE_EXECUTED, outcome.user_id,
+                                    encode_trade_executed(outcome), headers)
+        if step.replay:
+            return
+        for outcome in step.outcomes:
+            status = outcome.status.value
+            if outcome.executed:
+                self.stats.executed += 1
+            elif status == "CANCELED":
+                self.stats.canceled += 1
+            elif status == "EXPIRED":
+                self.stats.expired += 1
+            else:
+                self.stats.failed += 1
+        self.stats.opened += sum(1 for _, t in step.new_transitions if t.status.value == "OPEN")

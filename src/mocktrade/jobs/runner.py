@@ -22,7 +22,9 @@ Handler = Callable[[Sequence[LogRecord]], Awaitable[None]]
 async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Handler, *,
                        max_records: int = 500, poll_timeout: float = 0.5,
                        reset: Literal["earliest", "latest"] = "earliest",
-                       stop: asyncio.Event | None = None) -> None:
+                       stop: asyncio.Event | None = None, commit: bool = True) -> None:
+    """`commit=False`: a reader that rebuilds state from the log on every start
+    (and so must leave no committed group behind)."""
     consumer = event_log.consumer(topic, group, reset=reset)
     try:
         while stop is None or not stop.is_set():
@@ -30,7 +32,8 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
             if not records:
                 continue
             await handle_until_done(handler, records, group)
-            await consumer.commit(records)
+            if commit:
+                await consumer.commit(records)
     finally:
         await consumer.close()
 

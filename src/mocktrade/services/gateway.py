@@ -12,14 +12,17 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..domain import rules
 from ..domain.model import ExecutionStatus, Side
-from ..ports import DependencyUnavailable, InvalidPageToken
+from ..domain.events import order_view
+from ..ports import DependencyUnavailable, InvalidPageToken, OrderQuery
 from .auth import TokenIssuer, Unauthorized
-from .http import ApiError, JsonResponse, parse_body, validation_error
-from .orders import (IdempotencyConflict, OrderRequest, OrderService, PriceUnavailable,
-                     UnknownAccount)
+from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
+from .orders import (ClientOrderIdTaken, IdempotencyConflict, OrderNotCancelable, OrderNotFound,
+                     OrderRequest, OrderService, PriceUnavailable, ResetRequest, UnknownAccount,
+                     order_detail)
 from .portfolio import PortfolioNotFound, PortfolioService
 from .query import MAX_PAGE_SIZE, QueryService, UnknownSymbolPrice
 from .ratelimit import RateLimiter
@@ -49,6 +52,14 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError):
         return validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = {404: "no such route", 405: "method not allowed on this route"}.get(
+            exc.status_code, str(exc.detail))
+        return ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message,
+                        headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(DependencyUnavailable)
     async def dependency_down(_: Request, exc: DependencyUnavailable):
@@ -125,9 +136,11 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": OrderRequest.model_json_schema()}}}},
               responses={400: {"description": "malformed order"}, 401: {"description": "no or bad token"},
-                         402: {"description": "insufficient cash at the latest price"},
-                         409: {"description": "idempotency key reused with another body"},
-                         422: {"description": "insufficient shares"}, 429: {"description": "rate limited"},
+                         402: {"description": "insufficient buying power at the latest price"},
+                         409: {"description": "idempotency key reused with another body, or "
+                                              "clientOrderId already used"},
+                         422: {"description": "insufficient shares available to sell"},
+                         429: {"description": "rate limited"},
                          503: {"description": "a dependency is down; nothing was published"}})
     async def place_order(request: Request, user_id: User,
                           x_idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
@@ -144,14 +157,75 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
             raise ApiError(400, "invalid_order", str(exc), exc.field) from None
         except IdempotencyConflict as exc:
             raise ApiError(409, "idempotency_conflict", str(exc), "X-Idempotency-Key") from None
+        except ClientOrderIdTaken as exc:
+            raise ApiError(409, "client_order_id_taken", str(exc), "clientOrderId",
+                           extra={"orderId": exc.order_id}) from None
         except UnknownAccount as exc:
             raise ApiError(403, "no_account", str(exc)) from None
         except PriceUnavailable as exc:
             raise ApiError(503, "price_unavailable", str(exc), "symbol",
                            headers={"Retry-After": "1"}) from None
         headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
-        return JsonResponse({"orderId": accepted.order_id, "status": "ACCEPTED"},
-                              status_code=202, headers=headers)
+        answer = {"orderId": accepted.order_id, "status": "ACCEPTED"}
+        if body.clientOrderId is not None:
+            answer["clientOrderId"] = body.clientOrderId
+        return JsonResponse(answer, status_code=202, headers=headers)
+
+    @app.get("/v1/orders", tags=["orders"])
+    async def list_orders(
+        user_id: User,
+        status: Literal["open", "closed", "all"] = "all",
+        symbol: Annotated[str | None, Query(max_length=16)] = None,
+        client_order_id: Annotated[str | None, Query(alias="clientOrderId", min_length=1,
+                                                     max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        page_token: Annotated[str | None, Query(alias="pageToken", max_length=512)] = None,
+    ):
+        if client_order_id is not None:
+            try:
+                state = await orders.order_by_client_id(user_id, client_order_id)
+            except OrderNotFound:
+                return JsonResponse({"orders": [], "nextPageToken": None})
+            return JsonResponse({"orders": [order_view(state)], "nextPageToken": None})
+        query = OrderQuery(user_id, open={"open": True, "closed": False, "all": None}[status],
+                           symbol=symbol.upper() if symbol else None, limit=limit,
+                           page_token=page_token)
+        try:
+            return JsonResponse(await orders.orders(query))
+        except InvalidPageToken as exc:
+            raise ApiError(400, "invalid_request", str(exc), "pageToken") from None
+
+    @app.get("/v1/orders/{orderId}", tags=["orders"])
+    async def get_order(user_id: User, order_id: Annotated[str, Path(alias="orderId", max_length=64)]):
+        try:
+            return JsonResponse(order_detail(await orders.order(user_id, order_id)))
+        except OrderNotFound as exc:
+            raise ApiError(404, "not_found", str(exc), "orderId") from None
+
+    @app.delete("/v1/orders/{orderId}", status_code=202, tags=["orders"])
+    async def cancel_order(user_id: User,
+                           order_id: Annotated[str, Path(alias="orderId", max_length=64)]):
+        try:
+            return JsonResponse(await orders.cancel(user_id, order_id), status_code=202)
+        except OrderNotFound as exc:
+            raise ApiError(404, "not_found", str(exc), "orderId") from None
+        except OrderNotCancelable as exc:
+            raise ApiError(422, "order_not_cancelable", str(exc), "status",
+                           extra={"status": exc.status}) from None
+
+    @app.delete("/v1/orders", status_code=202, tags=["orders"])
+    async def cancel_all_orders(user_id: User):
+        return JsonResponse({"orders": await orders.cancel_all(user_id)}, status_code=202)
+
+    @app.post("/v1/account/reset", status_code=202, tags=["account"])
+    async def reset_account(request: Request, user_id: User):
+        body = await parse_optional_body(request, ResetRequest)
+        try:
+            return JsonResponse(await orders.reset(user_id, body.cash), status_code=202)
+        except rules.OrderRejected as exc:
+            raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+        except UnknownAccount as exc:
+            raise ApiError(403, "no_account", str(exc)) from None
 
 
 # The read endpoints answer with a JsonResponse of what the services built

@@ -27,15 +27,17 @@ class ApiError(Exception):
     """An answer other than success: status, machine-readable code, a sentence."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+        self.extra = extra or {}
 
     def response(self) -> JsonResponse:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field:
             body["field"] = self.field
+        body.update(self.extra)
         return JsonResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
@@ -49,6 +51,13 @@ def validation_error(exc: ValidationError | Any) -> ApiError:
     name = field_name(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid value")
     return ApiError(400, "invalid_request", f"{name}: {message}", name)
+
+
+async def parse_optional_body(request: Request, model: type[Model]) -> Model:
+    """Like parse_body, but an empty body means every field's default."""
+    if not await request.body():
+        return model()
+    return await parse_body(request, model)
 
 
 async def parse_body(request: Request, model: type[Model]) -> Model:

@@ -33,9 +33,11 @@ from ..domain.model import PriceTick
 from ..domain.money import fmt
 from ..jobs.deadletter import dead_letter
 from ..jobs.runner import run_consumer
-from ..ports import EventLog, LogRecord, PriceCache, PriceSubscription
+from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache, PriceSubscription
 from ..supervisor import Supervisor
 from . import phoenix
+from .auth import TokenIssuer
+from .order_stream import ORDER_TOPIC_PREFIX, JoinRefused, OrderStream, order_push
 from .phoenix import PhoenixMessage, PhoenixProtocolError, Serializer
 
 CONSUMER_GROUP = "market-data"
@@ -157,7 +159,8 @@ class _AsgiEndpoint:
 
 class MarketDataService:
     def __init__(self, event_log: EventLog, price_cache: PriceCache, symbols: Iterable[str],
-                 client_buffer: int = 256, *, close_timeout: float = 2.0):
+                 client_buffer: int = 256, *, close_timeout: float = 2.0,
+                 portfolios: PortfolioStore | None = None, tokens: TokenIssuer | None = None):
         if client_buffer < 1:
             raise ValueError("client_buffer must be at least 1")
         self._event_log = event_log
@@ -171,6 +174,9 @@ class MarketDataService:
         self._supervisor = Supervisor()
         self._subscription: PriceSubscription | None = None
         self._stopping = asyncio.Event()
+        # The users' own order channels, where a portfolio store is at hand.
+        self._orders = (OrderStream(event_log, portfolios, tokens, self._offer_order_update)
+                        if portfolios is not None and tokens is not None else None)
         self.ticks_consumed = 0
         self.ticks_conflated = 0
         self.dead_lettered = 0
@@ -186,6 +192,8 @@ class MarketDataService:
         self._subscription = self._price_cache.subscribe()
         self._supervisor.start("market-data-consumer", self._consume)
         self._supervisor.start("market-data-fanout", self._fan_out)
+        if self._orders is not None:
+            self._supervisor.start("order-stream", lambda: self._orders.consume(self._stopping))
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -198,6 +206,7 @@ class MarketDataService:
                 "slowClientsDropped": self.slow_clients_dropped,
                 "ticksConsumed": self.ticks_consumed, "ticksConflated": self.ticks_conflated,
                 "deadLettered": self.dead_lettered,
+                "orderUpdatesPushed": self._orders.pushed if self._orders else 0,
                 "updatesFannedOut": self.updates_fanned_out,
                 "protocolErrors": self.protocol_errors}
 
@@ -252,7 +261,18 @@ class MarketDataService:
         finally:
             await subscription.aclose()
 
+    def _offer_order_update(self, subscriber: Subscriber, topic: str, payload: dict) -> bool:
+        if subscriber.close_code is not None:
+            return False
+        frame = _text_frame(phoenix.encode_message(order_push(topic, payload), subscriber.serializer))
+        if subscriber.offer(frame):
+            return True
+        self._drop_slow(subscriber)
+        return False
+
     def _drop_slow(self, subscriber: Subscriber) -> None:
+        if self._orders is not None:
+            self._orders.remove(subscriber)
         self._hub.remove(subscriber)
         self.slow_clients_dropped += 1
         log.warning("slow market-data client disconnected",
@@ -272,6 +292,8 @@ class MarketDataService:
         try:
             await asyncio.wait((reader, sender), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if self._orders is not None:
+                self._orders.remove(subscriber)
             self._hub.remove(subscriber)
             self._subscribers.discard(subscriber)
             reader.cancel()
@@ -318,6 +340,9 @@ class MarketDataService:
                                                   {"reason": "unmatched topic"}))
 
     async def _join(self, subscriber: Subscriber, message: PhoenixMessage) -> None:
+        if message.topic.startswith(ORDER_TOPIC_PREFIX) and self._orders is not None:
+            await self._join_orders(subscriber, message)
+            return
         symbol = message.topic.removeprefix(PRICE_TOPIC_PREFIX)
         if not message.topic.startswith(PRICE_TOPIC_PREFIX) or symbol not in self._symbols:
             self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_ERROR,
@@ -328,6 +353,25 @@ class MarketDataService:
         if self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_OK,
                                                  price_payload(latest) if latest else {})):
             self._hub.join(subscriber, message.topic, message.join_ref)
+
+    async def _join_orders(self, subscriber: Subscriber, message: PhoenixMessage) -> None:
+        assert self._orders is not None
+        if message.topic in subscriber.topics:
+            self._orders.leave(subscriber, message.topic)  # a rejoin starts afresh
+        # Joined before the reply so no update slips between; pushes queue
+        # behind the reply on the subscriber's one queue, so order holds.
+        subscriber.topics[message.topic] = message.join_ref
+        try:
+            response = await self._orders.join(subscriber, message.topic, message.payload)
+        except JoinRefused as exc:
+            subscriber.topics.pop(message.topic, None)
+            self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_ERROR, {"reason": str(exc)}))
+            return
+        except Exception:
+            subscriber.topics.pop(message.topic, None)
+            self._orders.leave(subscriber, message.topic)
+            raise
+        self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_OK, response))
 
     async def _latest_price(self, symbol: str) -> PriceTick | None:
         if symbol in self._latest:
@@ -341,6 +385,8 @@ class MarketDataService:
     def _leave(self, subscriber: Subscriber, message: PhoenixMessage) -> None:
         joined = message.topic in subscriber.topics
         join_ref = subscriber.topics.get(message.topic)
+        if self._orders is not None and message.topic.startswith(ORDER_TOPIC_PREFIX):
+            self._orders.leave(subscriber, message.topic)
         self._hub.leave(subscriber, message.topic)
         if self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_OK)) and joined:
             self._reply(subscriber, phoenix.close_notice(message.topic, join_ref))

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..domain.events import format_time
 from ..domain.model import ZERO, Portfolio
-from ..domain.money import CASH_QUANTUM, fmt
+from ..domain.money import CASH_QUANTUM, QUANTITY_QUANTUM, fmt
 from ..ports import PortfolioStore, PriceCache
 
 
@@ -33,7 +33,10 @@ class PortfolioService:
             basis = portfolio.cost_basis.get(symbol, ZERO)
             tick = await self._prices.get_price(symbol)
             position: dict[str, Any] = {
-                "symbol": symbol, "quantity": fmt(quantity), "costBasis": fmt(basis),
+                "symbol": symbol, "quantity": fmt(quantity),
+                "availableQuantity": fmt(portfolio.available_shares(symbol)),
+                "reservedQuantity": fmt(portfolio.reserved_shares.get(symbol, ZERO).quantize(QUANTITY_QUANTUM)),
+                "costBasis": fmt(basis),
                 "averageCost": fmt((basis / quantity).quantize(Decimal("0.0001"))),
                 "lastPrice": None, "marketValue": None, "unrealizedPnl": None,
             }
@@ -50,6 +53,8 @@ class PortfolioService:
         return {
             "userId": portfolio.user_id,
             "cashBalance": fmt(portfolio.cash),
+            "reservedCash": fmt(portfolio.reserved_cash.quantize(CASH_QUANTUM)),
+            "buyingPower": fmt(portfolio.buying_power),
             # The reference's map form, symbol -> quantity, beside the valued positions.
             "holdings": {p["symbol"]: p["quantity"] for p in positions},
             "positions": positions,

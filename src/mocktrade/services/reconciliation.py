@@ -1,6 +1,8 @@
-"""Reconciliation: does every portfolio equal its starting cash plus its
-executed trades, does every accepted order have exactly one outcome, and does
-the trade history agree with the ledger? Used by `mocktrade verify`."""
+"""Reconciliation: does every portfolio equal its starting cash (or its last
+reset) plus its executed trades, do its reservations equal the sum over its
+open orders, does every accepted order have exactly one final outcome (or
+still rest), and does the trade history agree with the ledger? Used by
+`mocktrade verify`."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from dataclasses import dataclass, field
 from ..domain import rules
 from ..domain.events import (TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS, EventDecodeError,
                              decode_envelope, decode_trade_executed, decode_trade_order)
+from ..domain.lifecycle import OrderState, reserved_totals, status_of
 from ..domain.model import ZERO, Execution
-from ..ports import EventLog, PortfolioStore, TradeHistory, TradeQuery
+from ..ports import EventLog, OrderQuery, PortfolioStore, TradeHistory, TradeQuery
 
 
 @dataclass
@@ -32,36 +35,82 @@ async def reconcile(portfolios: PortfolioStore, history: TradeHistory,
     end (a Kafka group join alone takes seconds)."""
     report = Report()
     ledger_by_order: dict[str, Execution] = {}
+    open_orders: set[str] = set()
     for account in await portfolios.accounts():
         report.accounts += 1
         ledger = await portfolios.ledger(account.user_id)
         ledger_by_order.update((e.order_id, e) for e in ledger)
-        await _check_portfolio(portfolios, account.user_id, account.starting_cash, ledger, report)
+        orders = await _all_orders(portfolios, account.user_id)
+        open_orders.update(s.order_id for s in orders if s.is_open)
+        await _check_portfolio(portfolios, account.user_id, account.starting_cash, ledger, orders,
+                               report)
+        _check_orders(account.user_id, ledger, orders, report)
         await _check_history(history, account.user_id, ledger, report)
     if event_log is not None:
-        await _check_log(event_log, ledger_by_order, report, drain_idle)
+        await _check_log(event_log, ledger_by_order, open_orders, report, drain_idle)
     return report
 
 
+async def _all_orders(portfolios: PortfolioStore, user_id: str) -> list[OrderState]:
+    states, token = [], None
+    while True:
+        page = await portfolios.orders(OrderQuery(user_id, limit=500, page_token=token))
+        states += page.orders
+        token = page.next_page_token
+        if not token:
+            return states
+
+
 async def _check_portfolio(portfolios: PortfolioStore, user_id: str, starting_cash, ledger,
-                           report: Report) -> None:
+                           orders: list[OrderState], report: Report) -> None:
     portfolio = await portfolios.get(user_id)
     if portfolio is None:
         report.violations.append(f"{user_id}: account has no portfolio")
         return
-    cash, holdings = rules.replay_cash(starting_cash, ledger)
+    resets = await portfolios.resets(user_id)
+    since = ledger
+    if resets:
+        starting_cash, since = resets[-1].cash, ledger[resets[-1].ledger_length:]
+    cash, holdings = rules.replay_cash(starting_cash, since)
+    origin = "its last reset" if resets else "starting cash"
     if portfolio.cash != cash:
         report.violations.append(
-            f"{user_id}: cash {portfolio.cash} but starting cash plus trades gives {cash}")
+            f"{user_id}: cash {portfolio.cash} but {origin} plus trades gives {cash}")
     if dict(portfolio.holdings) != holdings:
         report.violations.append(
             f"{user_id}: holdings {dict(portfolio.holdings)} but trades give {holdings}")
     if portfolio.cash < ZERO or any(q < ZERO for q in portfolio.holdings.values()):
         report.violations.append(f"{user_id}: negative cash or holding")
-    executed = sum(1 for e in ledger if e.executed)
-    if portfolio.version != executed:
+    if portfolio.buying_power < ZERO or any(
+            portfolio.available_shares(s) < ZERO for s in portfolio.reserved_shares):
+        report.violations.append(f"{user_id}: negative buying power or shares available to sell")
+    reserved_cash, reserved_shares = reserved_totals(orders)
+    if portfolio.reserved_cash != reserved_cash or dict(portfolio.reserved_shares) != reserved_shares:
         report.violations.append(
-            f"{user_id}: version {portfolio.version} but {executed} executed trades")
+            f"{user_id}: reserved {portfolio.reserved_cash} cash and {dict(portfolio.reserved_shares)} "
+            f"shares, but open orders reserve {reserved_cash} and {reserved_shares}")
+    seqs = sorted(t.seq for s in orders for t in s.transitions)
+    if seqs != list(range(1, portfolio.order_seq + 1)):
+        report.violations.append(f"{user_id}: order updates are not numbered 1..{portfolio.order_seq}")
+
+
+def _check_orders(user_id: str, ledger: list[Execution], orders: list[OrderState],
+                  report: Report) -> None:
+    """One final status per order, the ledger's, and nothing after it."""
+    outcomes = {e.order_id: e for e in ledger}
+    for state in orders:
+        finals = [t for t in state.transitions if t.status.final]
+        entry = outcomes.get(state.order_id)
+        if len(finals) > 1 or (finals and finals[-1] is not state.transitions[-1]):
+            report.violations.append(f"{user_id}: order {state.order_id} changed after it ended")
+        if state.status.final != (entry is not None):
+            report.violations.append(
+                f"{user_id}: order {state.order_id} is {state.status.value} but its ledger entry "
+                f"is {'present' if entry else 'absent'}")
+        elif entry is not None and status_of(entry.status) is not state.status:
+            report.violations.append(
+                f"{user_id}: order {state.order_id} is {state.status.value}, the ledger says "
+                f"{entry.status.value}")
 
 
 async def _check_history(history: TradeHistory, user_id: str, ledger: list[Execution],
@@ -88,8 +137,8 @@ async def _check_history(history: TradeHistory, user_id: str, ledger: list[Execu
         report.violations.append(f"{user_id}: history has order {order_id} with no ledger entry")
 
 
-async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: Report,
-                     drain_idle: float) -> None:
+async def _check_log(event_log: EventLog, ledger: dict[str, Execution], resting: set[str],
+                     report: Report, drain_idle: float) -> None:
     """Read both topics from the start without committing anything."""
     accepted = {o.order_id for o in await _read_all(event_log, TOPIC_TRADE_ORDERS, decode_trade_order,
                                                     drain_idle)}
@@ -98,8 +147,12 @@ async def _check_log(event_log: EventLog, ledger: dict[str, Execution], report: 
         outcomes.setdefault(e.order_id, set()).add((e.status, e.execution_price, e.execution_timestamp))
     report.orders, report.outcomes = len(accepted), len(outcomes)
     for order_id in sorted(accepted):
+        if order_id in resting:
+            if order_id in outcomes:
+                report.violations.append(f"order {order_id} rests but has a trade_executed event")
+            continue
         if order_id not in ledger:
-            report.violations.append(f"order {order_id} was accepted but never executed or failed")
+            report.violations.append(f"order {order_id} was accepted but never ended")
         if len(outcomes.get(order_id, ())) > 1:
             report.violations.append(f"order {order_id} has {len(outcomes[order_id])} different outcomes")
         if order_id not in outcomes:

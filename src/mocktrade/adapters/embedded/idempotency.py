@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     orderId TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
     created TEXT NOT NULL,
+    decline TEXT,
     PRIMARY KEY (userId, idempotencyKey)
 ) WITHOUT ROWID;
 """
@@ -35,12 +36,15 @@ class SqliteIdempotencyStore:
     def __init__(self, path: str | Path):
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(idempotency_keys)")}
+        if "decline" not in columns:  # a file from before declines were remembered
+            self._conn.execute("ALTER TABLE idempotency_keys ADD COLUMN decline TEXT")
 
     async def lookup(self, user_id: str, key: str) -> IdempotencyRecord | None:
         row = self._conn.execute(
-            "SELECT orderId, fingerprint, published FROM idempotency_keys "
+            "SELECT orderId, fingerprint, published, decline FROM idempotency_keys "
             "WHERE userId = ? AND idempotencyKey = ?", (user_id, key)).fetchone()
-        return IdempotencyRecord(row[0], row[1], bool(row[2])) if row else None
+        return IdempotencyRecord(row[0], row[1], bool(row[2]), row[3]) if row else None
 
     async def reserve(self, user_id: str, key: str, fingerprint: str,
                       order_id: str) -> IdempotencyRecord:
@@ -49,15 +53,20 @@ class SqliteIdempotencyStore:
                 "INSERT OR IGNORE INTO idempotency_keys "
                 "(userId, idempotencyKey, fingerprint, orderId, created) VALUES (?, ?, ?, ?, ?)",
                 (user_id, key, fingerprint, order_id, format_time(utc_now())))
-            stored_order, stored_fingerprint, published = conn.execute(
-                "SELECT orderId, fingerprint, published FROM idempotency_keys "
+            stored_order, stored_fingerprint, published, decline = conn.execute(
+                "SELECT orderId, fingerprint, published, decline FROM idempotency_keys "
                 "WHERE userId = ? AND idempotencyKey = ?", (user_id, key)).fetchone()
-        return IdempotencyRecord(stored_order, stored_fingerprint, bool(published))
+        return IdempotencyRecord(stored_order, stored_fingerprint, bool(published), decline)
 
     async def mark_published(self, user_id: str, key: str) -> None:
         self._conn.execute(
             "UPDATE idempotency_keys SET published = 1 WHERE userId = ? AND idempotencyKey = ?",
             (user_id, key))
+
+    async def remember_decline(self, user_id: str, key: str, decline: str) -> None:
+        self._conn.execute(
+            "UPDATE idempotency_keys SET decline = ? WHERE userId = ? AND idempotencyKey = ?",
+            (decline, user_id, key))
 
     async def close(self) -> None:
         self._conn.close()
