@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .domain import rules
 from .config import ConfigError, Settings
 from .domain.money import AmountError, fmt, parse_cash
 from .ports import AccountExists
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("user")
     create.add_argument("--cash", required=True, help="starting cash, e.g. 10000.00")
     account_commands.add_parser("list", help="list users and their cash")
+    reset = account_commands.add_parser(
+        "reset", help="cancel a user's open orders and restore cash, empty holdings "
+                      "(applied by the execution job in order with the user's other instructions)")
+    reset.add_argument("user")
+    reset.add_argument("--cash", help="cash to restart with (default: the starting cash)")
 
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
@@ -109,6 +115,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _stack(settings, args.stack_args)
     if args.command == "accounts" and args.accounts_command == "create":
         return asyncio.run(_create_account(settings, args.user, args.cash))
+    if args.command == "accounts" and args.accounts_command == "reset":
+        return asyncio.run(_reset_account(settings, args.user, args.cash))
     if args.command == "accounts":
         return asyncio.run(_list_accounts(settings))
     if args.command == "token":
@@ -211,6 +219,27 @@ async def _create_account(settings: Settings, user: str, cash: str) -> int:
     finally:
         await store.close()
     print(f"created {user} with cash {fmt(amount)}")
+    return 0
+
+
+async def _reset_account(settings: Settings, user: str, cash: str | None) -> int:
+    from .bootstrap import Resources, order_service
+    from .services.orders import UnknownAccount
+
+    try:
+        amount = parse_cash(cash, "cash") if cash is not None else None
+    except AmountError as exc:
+        raise CommandError(f"--cash: {exc}") from None
+    resources = Resources(settings)
+    try:
+        answer = await order_service(resources).reset(user, amount)
+    except UnknownAccount:
+        raise CommandError(f"user {user} has no account") from None
+    except rules.OrderRejected as exc:
+        raise CommandError(f"--cash: {exc}") from None
+    finally:
+        await resources.close()
+    print(f"reset {answer['resetId']} of {user} sent; the execution job applies it")
     return 0
 
 

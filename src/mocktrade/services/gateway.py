@@ -150,9 +150,11 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
             accepted = await orders.place(user_id, body, x_idempotency_key,
                                           _trace_context(traceparent))
         except rules.InsufficientFunds as exc:
-            raise ApiError(402, "insufficient_funds", str(exc), exc.field) from None
+            raise ApiError(402, "insufficient_funds", str(exc), exc.field,
+                           headers=_replayed(exc)) from None
         except rules.InsufficientShares as exc:
-            raise ApiError(422, "insufficient_shares", str(exc), exc.field) from None
+            raise ApiError(422, "insufficient_shares", str(exc), exc.field,
+                           headers=_replayed(exc)) from None
         except rules.OrderRejected as exc:
             raise ApiError(400, "invalid_order", str(exc), exc.field) from None
         except IdempotencyConflict as exc:
@@ -285,6 +287,10 @@ def _query_routes(app: FastAPI, query: QueryService) -> None:
             return JsonResponse(await query.price(symbol.upper()))
         except UnknownSymbolPrice as exc:
             raise ApiError(404, "not_found", str(exc), "symbol") from None
+
+
+def _replayed(exc: Exception) -> dict[str, str] | None:
+    return {"Idempotent-Replayed": "true"} if getattr(exc, "replayed", False) else None
 
 
 def _utc(moment: datetime | None, name: str) -> datetime | None:

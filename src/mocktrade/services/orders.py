@@ -142,8 +142,10 @@ class Declined:
     field: str
 
     def raise_again(self) -> None:
-        error = rules.InsufficientFunds if self.kind == "funds" else rules.InsufficientShares
-        raise error(self.message, self.field)
+        error = (rules.InsufficientFunds if self.kind == "funds" else rules.InsufficientShares)(
+            self.message, self.field)
+        error.replayed = True  # answered from the key's record, as an accepted retry is
+        raise error
 
     def dumps(self) -> str:
         return orjson.dumps({"kind": self.kind, "message": self.message, "field": self.field}).decode()
