@@ -18,13 +18,15 @@ from typing import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI
 
 from .config import Settings
-from .domain.events import TOPIC_ORDER_COMMANDS, TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS
+from .domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_TRADE_EXECUTED,
+                            TOPIC_TRADE_ORDERS)
 from .jobs.execution import ExecutionHandler
 from .jobs.persistence import PersistenceHandler
 from .jobs.runner import run_consumer
 from .jobs.triggers import TriggerHandler, run_triggers
 from .ports import (AccountExists, Analytics, EventLog, IdempotencyStore, PortfolioStore,
                     PriceCache, TradeHistory)
+from .services.accounts import AccountService, SignupPolicy
 from .services.auth import TokenIssuer
 from .services.gateway import GatewayParts, create_app
 from .services.orders import OrderService
@@ -155,6 +157,12 @@ def order_service(r: Resources) -> OrderService:
                         frozenset(r.settings.symbols), session_close=r.settings.session_close)
 
 
+def account_service(r: Resources) -> AccountService:
+    s = r.settings
+    return AccountService(r.portfolios, r.tokens,
+                          SignupPolicy(s.signup_enabled, s.signup_max_cash, s.demo_cash))
+
+
 def query_service(r: Resources) -> QueryService:
     return QueryService(r.history, r.analytics, r.prices, frozenset(r.settings.symbols))
 
@@ -179,9 +187,20 @@ def triggers_job(r: Resources) -> Callable[[], Awaitable[None]]:
 
 
 def persistence_job(r: Resources) -> Callable[[], Awaitable[None]]:
+    """trade_executed into history and analytics; market_data ticks into
+    analytics (price bars), as a second group with its own offsets."""
+    from .jobs.tick_persistence import TICK_PERSISTENCE_GROUP, TickPersistenceHandler
+
     handler = PersistenceHandler(r.history, r.analytics, r.event_log)
-    return lambda: run_consumer(r.event_log, TOPIC_TRADE_EXECUTED, PERSISTENCE_GROUP, handler.handle,
-                                max_records=5000, poll_timeout=0.2)
+    ticks = TickPersistenceHandler(r.analytics)
+
+    async def run() -> None:
+        await asyncio.gather(
+            run_consumer(r.event_log, TOPIC_TRADE_EXECUTED, PERSISTENCE_GROUP, handler.handle,
+                         max_records=5000, poll_timeout=0.2),
+            run_consumer(r.event_log, TOPIC_MARKET_DATA, TICK_PERSISTENCE_GROUP, ticks.handle,
+                         max_records=5000, poll_timeout=0.5))
+    return run
 
 
 def feed_url(settings: Settings) -> str:
@@ -208,10 +227,14 @@ async def ensure_demo_accounts(portfolios: PortfolioStore, settings: Settings) -
     """Create the demo users on a first start (no accounts at all yet)."""
     if await portfolios.accounts():
         return []
+    from .services.accounts import hash_password
+
     created = []
+    password_hash = await hash_password(settings.demo_password())
     for user in settings.demo_users:
         with contextlib.suppress(AccountExists):
-            await portfolios.create_account(user, settings.demo_cash, datetime.now(timezone.utc))
+            await portfolios.create_account(user, settings.demo_cash, datetime.now(timezone.utc),
+                                            password_hash=password_hash)
             created.append(user)
     return created
 
@@ -300,6 +323,13 @@ def _add_marketdata(p: Process) -> None:
     p.on_start(service.start, service.stop)
 
 
+def _add_console(p: Process, marketdata_url: str | None = None) -> None:
+    """The trader's console at / (marketdata_url: where its socket is, if not here)."""
+    from .console import console_routes
+
+    p.routes += console_routes(marketdata_url)
+
+
 def _add_feed(p: Process) -> None:
     from .feed.server import feed_routes
     from .feed.simulator import PriceSimulator
@@ -338,6 +368,9 @@ def service_process(name: str, settings: Settings) -> Process:
         p.parts.orders = order_service(r)
     if name in ("gateway", "portfolio"):
         p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
+    if name == "gateway":
+        p.parts.accounts = account_service(r)
+        _add_console(p, marketdata_url=f":{settings.port + 1}")
     if name in ("gateway", "query"):
         p.parts.query = query_service(r)
     if name == "marketdata":
@@ -364,6 +397,8 @@ def embedded_platform(settings: Settings) -> Process:
     p.parts.orders = order_service(r)
     p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
     p.parts.query = query_service(r)
+    p.parts.accounts = account_service(r)
+    _add_console(p)
 
     async def demo_accounts() -> None:
         await ensure_demo_accounts(r.portfolios, settings)

@@ -67,7 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     create = account_commands.add_parser("create", help="register a user with starting cash")
     create.add_argument("user")
     create.add_argument("--cash", required=True, help="starting cash, e.g. 10000.00")
+    create.add_argument("--password", action="store_true",
+                        help="give the account a password for the console (prompted)")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
     account_commands.add_parser("list", help="list users and their cash")
+    passwd = account_commands.add_parser("passwd", help="set a user's password (prompted)")
+    passwd.add_argument("user")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
     reset = account_commands.add_parser(
         "reset", help="cancel a user's open orders and restore cash, empty holdings "
                       "(applied by the execution job in order with the user's other instructions)")
@@ -114,7 +122,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "stack":
         return _stack(settings, args.stack_args)
     if args.command == "accounts" and args.accounts_command == "create":
-        return asyncio.run(_create_account(settings, args.user, args.cash))
+        password = _read_password(args.password_stdin) \
+            if args.password or args.password_stdin else None
+        return asyncio.run(_create_account(settings, args.user, args.cash, password))
+    if args.command == "accounts" and args.accounts_command == "passwd":
+        return asyncio.run(_passwd(settings, args.user, _read_password(args.password_stdin)))
     if args.command == "accounts" and args.accounts_command == "reset":
         return asyncio.run(_reset_account(settings, args.user, args.cash))
     if args.command == "accounts":
@@ -192,6 +204,7 @@ def _up(settings: Settings) -> int:
           f"  API docs:    {base}/v1/docs\n"
           f"  prices:      ws://{settings.host}:{settings.port}/v1/marketdata (Phoenix channels)\n"
           f"  data dir:    {settings.data_dir.resolve()}\n"
+          f"  console:     {base}/  (sign in as {demo}, password {settings.demo_password()})\n"
           f"  demo token for {demo}: {platform.resources.tokens.issue(demo)}", flush=True)
     try:
         _run_server(platform.app(), settings)
@@ -200,8 +213,42 @@ def _up(settings: Settings) -> int:
     return 0
 
 
-async def _create_account(settings: Settings, user: str, cash: str) -> int:
+def _read_password(from_stdin: bool) -> str:
+    from .services.accounts import AccountError, check_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise CommandError("the passwords differ")
+    try:
+        return check_password(password)
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+
+
+async def _passwd(settings: Settings, user: str, password: str) -> int:
     from .bootstrap import open_portfolios
+    from .services.accounts import AccountError, set_password
+
+    store = open_portfolios(settings)
+    try:
+        if not await set_password(store, user, password):
+            raise CommandError(f"user {user} has no account")
+    except AccountError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        await store.close()
+    print(f"password of {user} set")
+    return 0
+
+
+async def _create_account(settings: Settings, user: str, cash: str,
+                          password: str | None = None) -> int:
+    from .bootstrap import open_portfolios
+    from .services.accounts import hash_password
 
     if not user or len(user) > 64 or not all(c.isalnum() or c in "-_.@" for c in user):
         raise CommandError("a user id is 1-64 letters, digits or - _ . @")
@@ -213,7 +260,8 @@ async def _create_account(settings: Settings, user: str, cash: str) -> int:
         raise CommandError("--cash must not be negative")
     store = open_portfolios(settings)
     try:
-        await store.create_account(user, amount, datetime.now(timezone.utc))
+        await store.create_account(user, amount, datetime.now(timezone.utc),
+                                   password_hash=await hash_password(password) if password else None)
     except AccountExists:
         raise CommandError(f"user {user} already has an account") from None
     finally:

@@ -56,6 +56,17 @@ def _number(name: str, default: str, kind: type = float):
         raise ConfigError(f"MOCKTRADE_{name} must be a number, got {raw!r}") from None
 
 
+def _decimal(name: str, default: str) -> Decimal:
+    raw = _env(name, default)
+    try:
+        value = Decimal(raw)
+    except ArithmeticError:
+        raise ConfigError(f"MOCKTRADE_{name} must be a decimal amount, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"MOCKTRADE_{name} must be a non-negative amount, got {raw!r}")
+    return value
+
+
 def _time_of_day(name: str, default: str) -> time:
     raw = _env(name, default)
     try:
@@ -86,6 +97,9 @@ class Settings:
     ws_client_buffer: int = 256
     # DAY orders expire at this UTC time of day (the session close).
     session_close: time = time(20, 0)
+    # Self-service sign-up: "" = on in embedded mode, off in distributed mode.
+    signup: str = ""
+    signup_max_cash: Decimal = Decimal("1000000.00")
     demo_cash: Decimal = Decimal("100000.00")
     demo_users: tuple[str, ...] = ("alice", "bob")
     log_level: str = field(default="INFO")
@@ -108,6 +122,14 @@ class Settings:
     @property
     def distributed(self) -> bool:
         return bool(self.kafka_bootstrap)
+
+    @property
+    def signup_enabled(self) -> bool:
+        if self.signup in ("1", "true", "on", "yes"):
+            return True
+        if self.signup in ("0", "false", "off", "no"):
+            return False
+        return not self.distributed
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None) -> "Settings":
@@ -134,6 +156,8 @@ class Settings:
             log_partitions=_number("LOG_PARTITIONS", "4", int),
             ws_client_buffer=_number("WS_CLIENT_BUFFER", "256", int),
             session_close=_time_of_day("SESSION_CLOSE", "20:00"),
+            signup=_env("SIGNUP", "").strip().lower(),
+            signup_max_cash=_decimal("SIGNUP_MAX_CASH", "1000000.00"),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
             kafka_bootstrap=_env("KAFKA_BOOTSTRAP", ""),
             kafka_partitions=_number("KAFKA_PARTITIONS", "4", int),
@@ -151,18 +175,23 @@ class Settings:
 
     def resolved_jwt_secret(self) -> str:
         """The configured secret, else one generated once into the data dir."""
-        if self.jwt_secret:
-            return self.jwt_secret
-        path = self.data_dir / "jwt_secret"
+        return self.jwt_secret or self._generated("jwt_secret", lambda: secrets.token_urlsafe(48))
+
+    def demo_password(self) -> str:
+        """The demo users' password: generated once into the data dir, so the
+        console can be signed into without a known default password."""
+        return self._generated("demo_password", lambda: secrets.token_urlsafe(9))
+
+    def _generated(self, name: str, fresh) -> str:
+        path = self.data_dir / name
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fresh = secrets.token_urlsafe(48)
-            # O_EXCL so two processes starting together agree on one secret.
+            # O_EXCL so two processes starting together agree on one value.
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 pass
             else:
                 with os.fdopen(fd, "w") as handle:
-                    handle.write(fresh)
+                    handle.write(fresh())
         return path.read_text().strip()

@@ -147,6 +147,8 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
           f"  prices:  ws://{settings.host}:{settings.port + 1}/v1/marketdata\n"
           f"  logs:    {log_dir}\n"
           + "".join(f"  {name:12} {state}\n" for name, state in status.items())
+          + f"  console: {base}/  (sign in as {settings.demo_users[0]}, password "
+            f"{settings.demo_password()})\n"
           + f"  demo token for {settings.demo_users[0]}: {token}", flush=True)
 
     stopping = False

@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import AsyncIterator, Literal, Mapping, Protocol, Sequence
 
+from .domain.bars import Bar
 from .domain.lifecycle import AccountReset, Instruction, OrderState, Step, Transition
 from .domain.model import Execution, ExecutionStatus, Order, Portfolio, PriceTick, Side
 
@@ -122,10 +123,17 @@ class PortfolioStore(Protocol):
     """Portfolios, the orders' records and the execution ledger: what the
     portfolio owner (the execution job) writes, one atomic step at a time."""
 
-    async def create_account(self, user_id: str, cash: Decimal, now: datetime) -> Portfolio:
+    async def create_account(self, user_id: str, cash: Decimal, now: datetime,
+                             password_hash: str | None = None) -> Portfolio:
         """Raise AccountExists if the user is already registered."""
 
     async def get(self, user_id: str) -> Portfolio | None: ...
+
+    async def password_hash(self, user_id: str) -> str | None:
+        """The account's password hash; None without a password or an account."""
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        """False if there is no such account."""
 
     async def apply(self, instruction: Instruction, price: Decimal | None,
                     now: datetime) -> Step:
@@ -250,5 +258,14 @@ class Analytics(Protocol):
     async def volume(self, since: datetime, until: datetime,
                      symbol: str | None = None) -> list[SymbolVolume]:
         """Executed share volume per symbol in [since, until), by symbol."""
+
+    async def record_ticks(self, ticks: Sequence[PriceTick]) -> None:
+        """Store feed ticks; a tick (symbol, feed time) recorded twice counts once."""
+
+    async def bars(self, symbol: str, timeframe: str, since: datetime | None,
+                   until: datetime, limit: int) -> list[Bar]:
+        """Bars of `timeframe` (domain.bars.TIMEFRAMES) opening in [since, until),
+        oldest first: the first `limit` of them, or with since=None the newest
+        `limit`. Prices from the ticks, volume from the executed trades."""
 
     async def close(self) -> None: ...

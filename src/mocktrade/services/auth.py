@@ -17,6 +17,10 @@ class TokenIssuer:
     def __init__(self, secret: str, ttl_seconds: int):
         self._secret, self._ttl = secret, ttl_seconds
 
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl
+
     def issue(self, user_id: str, now: float | None = None) -> str:
         issued = int(now if now is not None else time.time())
         claims = {"sub": user_id, "iss": ISSUER, "iat": issued, "exp": issued + self._ttl}

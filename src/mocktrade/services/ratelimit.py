@@ -19,13 +19,24 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def _tokens(self, user_id: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(user_id, (float(self._burst), now))
+        return min(float(self._burst), tokens + (now - stamp) * self._rate)
+
+    def peek(self, user_id: str) -> float:
+        """What acquire() would answer, without taking a token."""
+        if self._rate <= 0:
+            return 0.0
+        tokens = self._tokens(user_id, self._clock())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
     def acquire(self, user_id: str) -> float:
         """0 if the request may go ahead, else the seconds until it could."""
         if self._rate <= 0:
             return 0.0
         now = self._clock()
-        tokens, stamp = self._buckets.pop(user_id, (float(self._burst), now))
-        tokens = min(float(self._burst), tokens + (now - stamp) * self._rate)
+        tokens = self._tokens(user_id, now)
+        self._buckets.pop(user_id, None)
         if tokens >= 1.0:
             self._buckets[user_id] = (tokens - 1.0, now)
             wait = 0.0

@@ -41,7 +41,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     userId TEXT PRIMARY KEY,
     startingCash TEXT NOT NULL,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    passwordHash TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS portfolios (
     userId TEXT PRIMARY KEY,
@@ -147,16 +148,19 @@ class SqlitePortfolioStore:
         for column, definition in _PORTFOLIO_ADDITIONS:
             if column not in present:
                 self._conn.execute(f"ALTER TABLE portfolios ADD COLUMN {column} {definition}")
+        if "passwordHash" not in {row[1] for row in self._conn.execute("PRAGMA table_info(accounts)")}:
+            self._conn.execute("ALTER TABLE accounts ADD COLUMN passwordHash TEXT")
 
-    async def create_account(self, user_id: str, cash: Decimal, now: datetime) -> Portfolio:
+    async def create_account(self, user_id: str, cash: Decimal, now: datetime,
+                             password_hash: str | None = None) -> Portfolio:
         cash = parse_cash(cash, "starting cash")
         if cash < ZERO:
             raise ValueError("starting cash must not be negative")
         portfolio = Portfolio(user_id, cash, {}, {}, now, 0)
         try:
             with write_transaction(self._conn, "portfolio store") as conn:
-                conn.execute("INSERT INTO accounts (userId, startingCash, created) VALUES (?, ?, ?)",
-                             (user_id, fmt(cash), format_time(now)))
+                conn.execute("INSERT INTO accounts (userId, startingCash, created, passwordHash) "
+                             "VALUES (?, ?, ?, ?)", (user_id, fmt(cash), format_time(now), password_hash))
                 self._insert_portfolio(conn, portfolio)
         except sqlite3.IntegrityError:
             raise AccountExists(f"account {user_id} already exists") from None
@@ -164,6 +168,17 @@ class SqlitePortfolioStore:
 
     async def get(self, user_id: str) -> Portfolio | None:
         return self._read_portfolio(self._conn, user_id)
+
+    async def password_hash(self, user_id: str) -> str | None:
+        row = self._conn.execute("SELECT passwordHash FROM accounts WHERE userId = ?",
+                                 (user_id,)).fetchone()
+        return row[0] if row else None
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        with write_transaction(self._conn, "portfolio store") as conn:
+            changed = conn.execute("UPDATE accounts SET passwordHash = ? WHERE userId = ?",
+                                   (password_hash, user_id)).rowcount
+        return changed == 1
 
     async def apply(self, instruction: Instruction, price: Decimal | None,
                     now: datetime) -> Step:
