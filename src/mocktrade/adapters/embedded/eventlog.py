@@ -29,6 +29,7 @@ import orjson
 from ...domain.model import utc_now
 from ...ports import LogRecord, offsets_after
 from ._sqlite import connect, from_micros, to_micros, write_transaction
+from .wakeup import CrossProcessWakeup
 
 DEFAULT_RETENTION = timedelta(days=7)
 
@@ -96,6 +97,9 @@ class SqliteEventLog:
         # One event per topic that has a waiting consumer; a publish sets and
         # drops it, so the next wait gets a fresh one.
         self._wakeups: dict[str, asyncio.Event] = {}
+        # Consumers in other processes (a job process beside the HTTP one)
+        # are woken by a datagram; see wakeup.py.
+        self._peers = CrossProcessWakeup(Path(path).parent / "wakeups", self._wake_here)
         self._closed = False
 
     # -- producing --------------------------------------------------------
@@ -194,12 +198,17 @@ class SqliteEventLog:
             (group, topic)).fetchall())
 
     def _wakeup(self, topic: str) -> asyncio.Event:
+        self._peers.listen()
         event = self._wakeups.get(topic)
         if event is None:
             event = self._wakeups[topic] = asyncio.Event()
         return event
 
     def _wake(self, topic: str) -> None:
+        self._wake_here(topic)
+        self._peers.notify(topic)
+
+    def _wake_here(self, topic: str) -> None:
         event = self._wakeups.pop(topic, None)
         if event is not None:
             event.set()
@@ -268,6 +277,7 @@ class SqliteEventLog:
         for event in self._wakeups.values():
             event.set()
         self._wakeups.clear()
+        self._peers.close()
         self._conn.close()
 
     @property
