@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import sys
 
-from mocktrade.adapters.dynamodb import LEDGER_TABLE, PORTFOLIOS_TABLE, DynamoDbPortfolioStore
+from mocktrade.adapters.dynamodb import ALL_TABLES, DynamoDbPortfolioStore
 from mocktrade.adapters.redis import RedisIdempotencyStore, RedisPriceCache
 
 _created_tables: dict[str, set[str]] = {}  # endpoint -> table prefixes
@@ -75,7 +75,7 @@ def _clean_up() -> None:
         client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="mocktrade", aws_secret_access_key="mocktrade")
         for prefix in prefixes:
-            for table in (PORTFOLIOS_TABLE, LEDGER_TABLE):
+            for table in ALL_TABLES:
                 try:
                     client.delete_table(TableName=prefix + table)
                 except Exception:  # noqa: BLE001 - best effort: gone already, or the stack stopped

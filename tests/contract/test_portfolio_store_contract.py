@@ -448,8 +448,9 @@ async def test_orders_that_cannot_rest_end_at_once(portfolio_store):
     assert marketable.outcomes[0].execution_price == Decimal("60")
     portfolio = await portfolio_store.get("alice")
     assert (portfolio.cash, portfolio.reserved_cash, portfolio.version) == (Decimal("40.00"), 0, 3)
-    assert [s.status for s in (await portfolio_store.orders(OrderQuery("alice"))).orders] == [
-        OrderStatus.EXECUTED, OrderStatus.FAILED, OrderStatus.EXPIRED]
+    # One orderTimestamp: newest first falls back to the orderId, descending.
+    assert [(s.order_id, s.status) for s in (await portfolio_store.orders(OrderQuery("alice"))).orders] == [
+        ("P1", OrderStatus.FAILED), ("M1", OrderStatus.EXECUTED), ("I1", OrderStatus.EXPIRED)]
     assert len(await portfolio_store.ledger("alice")) == 3
 
 
