@@ -638,3 +638,15 @@ async def test_open_orders_survive_reopening(open_portfolio_store):
     assert step.outcomes[0].status is ExecutionStatus.CANCELED
     assert (await reopened.get("alice")).reserved_cash == Decimal("500.00")
     await assert_reservations_match_open_orders(reopened)
+
+
+async def test_a_password_hash_is_kept_with_the_account(portfolio_store):
+    await portfolio_store.create_account("pw-user", Decimal("10.00"), T0, password_hash="$argon2id$x")
+    assert await portfolio_store.password_hash("pw-user") == "$argon2id$x"
+    assert await portfolio_store.set_password_hash("pw-user", "$argon2id$y")
+    assert await portfolio_store.password_hash("pw-user") == "$argon2id$y"
+    assert not await portfolio_store.set_password_hash("nobody", "$argon2id$z")
+    assert await portfolio_store.password_hash("nobody") is None
+    await portfolio_store.create_account("no-pw", Decimal("10.00"), T0)
+    assert await portfolio_store.password_hash("no-pw") is None
+    assert (await portfolio_store.get("pw-user")).cash == Decimal("10.00")

@@ -399,12 +399,17 @@ class DynamoDbPortfolioStore:
 
     # -- ports.PortfolioStore -------------------------------------------------
 
-    async def create_account(self, user_id: str, cash: Decimal, now: datetime) -> Portfolio:
+    async def create_account(self, user_id: str, cash: Decimal, now: datetime,
+                             password_hash: str | None = None) -> Portfolio:
         cash = parse_cash(cash, "starting cash")
         if cash < ZERO:
             raise ValueError("starting cash must not be negative")
         portfolio = Portfolio(user_id, cash, {}, {}, now, 0)
         item = _portfolio_item(portfolio, cash, now)
+        if password_hash is not None:
+            # Beside the portfolio, never written by the owner's updates (they SET
+            # only the money attributes), so a password change never races a fill.
+            item["passwordHash"] = _s(password_hash)
         try:
             await self._call("put_item", TableName=self.portfolios_table, Item=item,
                              ConditionExpression="attribute_not_exists(userId)",
@@ -416,6 +421,26 @@ class DynamoDbPortfolioStore:
             if not _is_fresh_account(exc.response.get("Item"), portfolio):
                 raise AccountExists(f"account {user_id} already exists") from None
         return portfolio
+
+    async def password_hash(self, user_id: str) -> str | None:
+        response = await self._call("get_item", TableName=self.portfolios_table,
+                                    Key={"userId": _s(user_id)}, ConsistentRead=True,
+                                    ProjectionExpression="passwordHash")
+        item = response.get("Item") or {}
+        return item["passwordHash"]["S"] if "passwordHash" in item else None
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        try:
+            await self._call("update_item", TableName=self.portfolios_table,
+                             Key={"userId": _s(user_id)},
+                             UpdateExpression="SET passwordHash = :hash",
+                             ConditionExpression="attribute_exists(userId)",
+                             ExpressionAttributeValues={":hash": _s(password_hash)})
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     async def get(self, user_id: str) -> Portfolio | None:
         response = await self._call("get_item", TableName=self.portfolios_table,
