@@ -64,6 +64,12 @@ class TriggerBook:
         self._symbols: dict[str, _SymbolBook] = {}
         self._expiries: list[tuple[datetime, str]] = []
         self._counter = 0
+        # Orders seen final: a final order never rests again, so any later
+        # news of it (an earlier update re-emitted by a replay) is stale.
+        # Without this, a re-emitted OPEN re-adds a closed order, the last
+        # tick proposes it, the owner replays it (re-emitting its updates)
+        # and the two ping-pong forever.
+        self._closed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._orders)
@@ -77,12 +83,13 @@ class TriggerBook:
         already seen of its symbol is proposed at once (no tick is missed
         between the owner's decision and the book learning of it)."""
         known = self._orders.get(order.order_id)
-        if known is not None and seq <= known.seq:
+        if (known is not None and seq <= known.seq) or order.order_id in self._closed:
             return []  # older news
         if status != OrderStatus.OPEN.value:
             if status in (OrderStatus.ACCEPTED.value, OrderStatus.PENDING_CANCEL.value):
                 return []
             self._orders.pop(order.order_id, None)
+            self._closed.add(order.order_id)
             return []
         if order.order_type is OrderType.MARKET:
             return []
