@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test install clean
+.PHONY: up test install clean vendor
 
 $(BIN)/mocktrade: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ up: install
 
 test: install
 	$(BIN)/python -m pytest $(or $(PYTEST_ARGS),-q)
+
+# Re-fetch the console's vendored browser code (pinned npm release files); needs npm.
+vendor:
+	scripts/vendor.sh
 
 clean:
 	rm -rf $(VENV) .mocktrade

@@ -22,7 +22,7 @@ its WSGI application this adds:
   written and a new journal generation begun, so a restart costs the size of
   the data, not of its history. A crash loses nothing that was answered.
 
-    python mocktrade_dynamodb.py --host 127.0.0.1 --port 8001 --data-dir DIR
+    python mocktrade_dynamodb.py --host 127.0.0.1 --port 9400 --data-dir DIR
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ class QuietRequestHandler(MotoRequestHandler):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--port", type=int, default=9400)
     parser.add_argument("--data-dir", required=True, help="snapshot and journal directory")
     parser.add_argument("--fsync", action="store_true", help="fsync the journal after each write")
     args = parser.parse_args(argv)

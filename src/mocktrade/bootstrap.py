@@ -56,14 +56,18 @@ ROLES = {
     "execution": {"log", "prices", "portfolios"},
     "persistence": {"log", "history", "analytics"},
     "triggers": {"log", "portfolios"},
+    "all": {"log", "prices", "portfolios", "history", "analytics"},
 }
 
 
 class Resources:
     """The adapters of one process, each opened on first use and closed once."""
 
-    def __init__(self, settings: Settings, *, owns_analytics: bool = True):
-        self.settings, self.owns_analytics = settings, owns_analytics
+    def __init__(self, settings: Settings, *, owns_analytics: bool = True,
+                 sets_prices: bool = True):
+        """`sets_prices=False`: another process of this embedded platform
+        writes the prices; this one reads them from the file."""
+        self.settings, self.owns_analytics, self.sets_prices = settings, owns_analytics, sets_prices
         self._opened: list = []
 
     def _keep(self, adapter):
@@ -90,7 +94,8 @@ class Resources:
             from .adapters.redis import RedisPriceCache
             return self._keep(RedisPriceCache(self.settings.redis_url, key_prefix=self.settings.table_prefix))
         from .adapters.embedded.prices import EmbeddedPriceCache
-        return self._keep(EmbeddedPriceCache(self._path("prices.sqlite3")))
+        return self._keep(EmbeddedPriceCache(self._path("prices.sqlite3"),
+                                             read_file=not self.sets_prices))
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
@@ -120,6 +125,7 @@ class Resources:
             # durable; waiting for a refresh (~1 s) would buy nothing there.
             return self._keep(ElasticsearchTradeHistory(self.settings.elasticsearch_url,
                                                         index_prefix=self.settings.table_prefix,
+                                                        replicas=self.settings.elasticsearch_replicas,
                                                         refresh=False))
         from .adapters.embedded.history import SqliteTradeHistory
         return self._keep(SqliteTradeHistory(self._path("history.sqlite3")))
@@ -250,6 +256,7 @@ class Process:
         self._starters: list[Callable[[], Awaitable[None]]] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
+        self.job_process = None  # the embedded platform's supervised job process, if any
 
     def background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         self._starters.append(lambda: _started(self.supervisor, name, factory))
@@ -262,7 +269,9 @@ class Process:
     async def start(self) -> None:
         from . import readiness
 
-        await readiness.wait_for(readiness.configured_engines(self.resources.settings, self.roles))
+        settings = self.resources.settings
+        await readiness.wait_for(readiness.configured_engines(settings, self.roles),
+                                 region=settings.dynamodb_region)
         for start in self._starters:
             await start()
         self.started = True
@@ -280,7 +289,9 @@ class Process:
 
         checks = {"startup": "ok" if self.started else "starting"}
         checks.update({n: "ok" if alive else "stopped" for n, alive in self.supervisor.running().items()})
-        checks.update(await readiness.check(readiness.configured_engines(self.resources.settings, self.roles)))
+        settings = self.resources.settings
+        checks.update(await readiness.check(readiness.configured_engines(settings, self.roles),
+                                            settings.dynamodb_region))
         return checks
 
     def app(self) -> FastAPI:
@@ -361,6 +372,8 @@ def add_analytics_owner(p: Process) -> None:
 
 def service_process(name: str, settings: Settings) -> Process:
     """One service or job of the reference architecture, as its own process."""
+    if name == "all":
+        return _all_jobs(settings)
     owns_analytics = name == "persistence" or not settings.analytics_url
     r = Resources(settings, owns_analytics=owns_analytics)
     p = Process(name, r, ROLES[name])
@@ -390,10 +403,44 @@ def service_process(name: str, settings: Settings) -> Process:
     return p
 
 
-def embedded_platform(settings: Settings) -> Process:
-    """Every service and job of the reference architecture in one process."""
-    r = Resources(settings)
+def _all_jobs(settings: Settings) -> Process:
+    """Every job in one process: the embedded platform's job process (or, with
+    the engines configured, all jobs of a small deployment together). It owns
+    chDB and serves it to the HTTP process."""
+    r = Resources(settings, owns_analytics=True, sets_prices=settings.distributed)
+    p = Process("jobs", r, ROLES["all"])
+    _add_jobs(p)
+    if not settings.clickhouse_url:
+        add_analytics_owner(p)
+    return p
+
+
+def _add_jobs(p: Process) -> None:
+    r = p.resources
+    p.background("execution-job", execution_job(r))
+    p.background("triggers-job", triggers_job(r))
+    p.background("persistence-job", persistence_job(r))
+    if not r.settings.distributed:
+        async def retain() -> None:
+            while True:
+                await asyncio.sleep(3600)
+                await r.event_log.apply_retention()
+        p.background("log-retention", retain)
+
+
+def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
+    """Every service and job of the reference architecture behind one port:
+    HTTP and WebSockets in this process, the jobs in a child process it
+    supervises (`jobs_apart`, the default: both cores at work), or all here."""
+    jobs = None
+    if jobs_apart:
+        from .job_process import JobProcess, free_port
+
+        jobs = JobProcess(settings.data_dir, free_port(settings.host), settings.host)
+        settings = settings.with_overrides(analytics_url=jobs.url)
+    r = Resources(settings, owns_analytics=not jobs_apart)
     p = Process("platform", r, set())
+    p.job_process = jobs
     p.parts.orders = order_service(r)
     p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
     p.parts.query = query_service(r)
@@ -406,19 +453,16 @@ def embedded_platform(settings: Settings) -> Process:
     _add_feed(p)
     _add_marketdata(p)
     _add_ingestion(p)
-    p.background("execution-job", execution_job(r))
-    p.background("triggers-job", triggers_job(r))
-    p.background("persistence-job", persistence_job(r))
-
-    async def retain() -> None:
-        while True:
-            await asyncio.sleep(3600)
-            await r.event_log.apply_retention()
-    p.background("log-retention", retain)
+    if jobs is None:
+        _add_jobs(p)
+    else:
+        p.background("job-process", jobs.supervise)
 
     async def prices_flowing() -> dict[str, str]:
         checks = await Process.readiness(p)
         checks["prices"] = "ok" if await r.prices.all_prices() else "no prices yet"
+        if jobs is not None:
+            checks["jobs"] = await jobs.readiness()
         return checks
     p.readiness = prices_flowing
     return p

@@ -15,10 +15,10 @@ from . import __version__
 from .domain import rules
 from .config import ConfigError, Settings
 from .domain.money import AmountError, fmt, parse_cash
-from .ports import AccountExists
+from .ports import AccountExists, DependencyUnavailable
 
 SERVICES = ("gateway", "order", "portfolio", "query", "marketdata", "ingestion", "feed")
-JOBS = ("execution", "persistence", "triggers")
+JOBS = ("execution", "persistence", "triggers", "all")
 
 
 class CommandError(Exception):
@@ -57,10 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="consumer: a Kafka consumer group in this process (default); flink: a "
                           "PyFlink job on a local mini-cluster (env MOCKTRADE_JOB_ENGINE)")
 
-    stack = commands.add_parser("stack", help="the real engines on this machine: up | down | status | env",
+    stack = commands.add_parser("stack", help="the real engines on this machine: up | down | status | env | "
+                                              "kafka TOOL [ARGS]",
                                 add_help=False)
     stack.add_argument("stack_args", nargs=argparse.REMAINDER,
-                       help="up|down|status|env [--dir DIR] [--engines a,b] [--port KEY=PORT]")
+                       help="up|down|status|env [--dir DIR] [--engines a,b] [--port KEY=PORT], or "
+                            "kafka TOOL [ARGS] (e.g. console-consumer --topic trade_executed --from-beginning)")
 
     accounts = commands.add_parser("accounts", help="manage user accounts")
     account_commands = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
@@ -99,19 +101,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ConfigError) as exc:
         print(f"mocktrade: {exc}", file=sys.stderr)
         return 2
+    except DependencyUnavailable as exc:
+        print(f"mocktrade: {_engine_down(exc.dependency, str(exc))}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 
 
+# What the one-shot commands read; their engines are checked before they run.
+_COMMAND_ROLES = {"accounts": {"portfolios"}, "accounts reset": {"log", "prices", "portfolios"},
+                  "verify": {"log", "portfolios", "history"}}
+
+
+def _engine_down(engine: str, detail: str = "") -> str:
+    """One sentence: which engine is down and how to start it."""
+    detail = detail.splitlines()[0][:160] if detail else ""
+    return (f"{engine} is not reachable{f' ({detail})' if detail else ''}; start the engines with "
+            f"`mocktrade stack up` (add --data-dir/--dir as you did for `up --distributed`)")
+
+
+def _check_engines(settings: Settings, roles: set[str]) -> None:
+    """Fail in one sentence, before any client retries, when a configured engine is down."""
+    from . import readiness
+
+    engines = readiness.configured_engines(settings, roles)
+    if not engines:
+        return
+    status = asyncio.run(readiness.check(engines, settings.dynamodb_region))
+    down = [name for name, state in status.items() if state != "ok"]
+    if down:
+        names = ", ".join(f"{name} at {engines[name]}" for name in down)
+        raise CommandError(f"{names} {'is' if len(down) == 1 else 'are'} not reachable; start the engines "
+                           f"with `mocktrade stack up` (add --data-dir as you did for `up --distributed`)")
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    roles = _COMMAND_ROLES.get(f"{args.command} {getattr(args, 'accounts_command', '')}",
+                               _COMMAND_ROLES.get(args.command))
+    if roles:
+        _check_engines(settings, roles)
     if args.command == "up" and args.distributed:
-        from .launcher import parse_replicas, run_distributed
+        from .launcher import LaunchError, parse_replicas, run_distributed
         try:
             replicas = parse_replicas(args.replicas)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        return run_distributed(settings.with_overrides(host=args.host, port=args.port), replicas,
-                               Path(args.stack_dir) if args.stack_dir else None, args.keep_stack)
+        try:
+            return run_distributed(settings.with_overrides(host=args.host, port=args.port), replicas,
+                                   Path(args.stack_dir) if args.stack_dir else None, args.keep_stack)
+        except LaunchError as exc:
+            raise CommandError(str(exc)) from None
     if args.command == "up":
         return _up(settings.with_overrides(host=args.host, port=args.port))
     if args.command == "job" and args.engine == "flink":
@@ -153,8 +192,14 @@ def _hold_data_dir(settings: Settings):
     return handle
 
 
-def _run_server(app, settings: Settings) -> None:
+def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
     import uvicorn
+
+    from .portcheck import is_free, taken_message
+
+    # Say who holds the port, once, rather than uvicorn's "address already in use".
+    if not is_free(settings.host, settings.port):
+        raise CommandError(taken_message(settings.host, settings.port, name))
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_config=None, access_log=False, loop="uvloop", http="httptools",
@@ -168,7 +213,7 @@ def _serve(name: str, settings: Settings) -> int:
     from .bootstrap import service_process
 
     logs.configure(settings.log_level)
-    _run_server(service_process(name, settings).app(), settings)
+    _run_server(service_process(name, settings).app(), settings, name)
     return 0
 
 
@@ -179,15 +224,16 @@ def _flink_job(name: str, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise CommandError("a Flink job reads Kafka: set MOCKTRADE_KAFKA_BOOTSTRAP (distributed mode)")
     logs.configure(settings.log_level)
-    _run_server(flink_job_process(name, settings).app(), settings)
+    _run_server(flink_job_process(name, settings).app(), settings, name)
     return 0
 
 
 def _stack(settings: Settings, argv: list[str]) -> int:
     from .stack.__main__ import main as stack_main
 
-    if "--dir" not in argv:
-        argv = [*argv, "--dir", str(settings.data_dir / "stack")]
+    if argv and not any(arg == "--dir" or arg.startswith("--dir=") for arg in argv[:3]):
+        # Right after the action: `kafka TOOL ARGS...` hands every later argument to the tool.
+        argv = [argv[0], "--dir", str(settings.data_dir / "stack"), *argv[1:]]
     return stack_main(argv)
 
 

@@ -111,6 +111,8 @@ class Settings:
     dynamodb_endpoint: str = ""  # "aws" means AWS's own endpoint for the region
     dynamodb_region: str = "us-east-1"
     elasticsearch_url: str = ""
+    # Replicas of each trade index: 0 keeps a one-node cluster green.
+    elasticsearch_replicas: int = 0
     clickhouse_url: str = ""  # http://host:8123/db, or chdb:///path
     # Where the query service reads analytics when another process owns the
     # chDB directory (the persistence job serves it).
@@ -165,6 +167,7 @@ class Settings:
             dynamodb_endpoint=_env("DYNAMODB_ENDPOINT", ""),
             dynamodb_region=_env("DYNAMODB_REGION", "us-east-1"),
             elasticsearch_url=_env("ELASTICSEARCH_URL", ""),
+            elasticsearch_replicas=_number("ELASTICSEARCH_REPLICAS", "0", int),
             clickhouse_url=_env("CLICKHOUSE_URL", ""),
             analytics_url=_env("ANALYTICS_URL", ""),
             table_prefix=_env("TABLE_PREFIX", ""),

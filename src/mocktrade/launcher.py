@@ -1,5 +1,9 @@
 """`mocktrade up --distributed`: the real engines, then one process per service
-and job (some replicated), restarted if they die, all stopped on Ctrl-C."""
+and job (some replicated), restarted if they die, all stopped on Ctrl-C.
+
+Before starting anything the whole plan is checked: no service port may be an
+engine's port or held by another process. The console shows the banner, then
+one line per state change of a child (ready, not ready, restarting)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ LAYOUT = (
     ("triggers", ("job", "triggers"), 5),
     ("gateway", ("serve", "gateway"), 0),
 )
+
+
+class LaunchError(RuntimeError):
+    """The plan cannot start; one sentence per reason (the CLI prints it, no traceback)."""
 
 
 @dataclass
@@ -76,6 +84,7 @@ def plan(settings: Settings, engine_env: dict[str, str], replicas: dict[str, int
     host, base = settings.host, settings.port
     env = {**os.environ, **engine_env,
            "MOCKTRADE_DATA_DIR": str(settings.data_dir.resolve()),
+           "MOCKTRADE_DYNAMODB_REGION": settings.dynamodb_region,
            "MOCKTRADE_HOST": host,
            "MOCKTRADE_FEED_URL": settings.feed_url or f"ws://{host}:{base + 2}/feed/v1/ticks",
            "MOCKTRADE_ANALYTICS_URL": "" if engine_env.get("MOCKTRADE_CLICKHOUSE_URL")
@@ -91,6 +100,90 @@ def plan(settings: Settings, engine_env: dict[str, str], replicas: dict[str, int
     return children
 
 
+def engines_file(settings: Settings, engine_env: dict[str, str]) -> dict[str, str]:
+    """What DATA_DIR/engines.env holds: how later commands (token, accounts,
+    verify) reach the same engines, in the same DynamoDB region."""
+    return {**engine_env, "MOCKTRADE_DYNAMODB_REGION": settings.dynamodb_region,
+            **({"MOCKTRADE_TABLE_PREFIX": settings.table_prefix} if settings.table_prefix else {})}
+
+
+def check_plan(children: list[Child], host: str, engine_ports: dict[str, dict[str, int]],
+               running_engines: set[str]) -> list[str]:
+    """Every reason the plan cannot start, one sentence each (empty: go).
+
+    engine_ports: engine -> {port key: port} of the stack to use;
+    running_engines: those already up (their ports are theirs, not a conflict
+    for the engine, only for a service)."""
+    from .portcheck import is_free, taken_message
+
+    problems: list[str] = []
+    owners: dict[int, str] = {}
+    for engine, ports in engine_ports.items():
+        for key, port in ports.items():
+            owners[port] = f"the {engine} engine's port ({key})"
+    for child in children:
+        if child.port in owners:
+            problems.append(
+                f"{child.name} would listen on port {child.port}, {owners[child.port]}: pick another "
+                f"--port, or move the engine with `mocktrade stack up --port {key_of(engine_ports, child.port)}=N`")
+            continue
+        owners[child.port] = child.name
+        if not is_free(host, child.port):
+            problems.append(taken_message(host, child.port, child.name))
+    for engine, ports in engine_ports.items():
+        if engine in running_engines:
+            continue
+        for key, port in ports.items():
+            if not is_free("127.0.0.1", port):
+                problems.append(taken_message("127.0.0.1", port, f"the {engine} engine ({key})"))
+    return problems
+
+
+def key_of(engine_ports: dict[str, dict[str, int]], port: int) -> str:
+    return next(key for ports in engine_ports.values() for key, p in ports.items() if p == port)
+
+
+def describe_readiness(answer: httpx.Response) -> str:
+    """`ready` or `not ready (...)`, from a /readyz answer: never a raw body."""
+    if answer.status_code == 200:
+        return "ready"
+    try:
+        body = answer.json()
+        checks = body.get("checks") if isinstance(body, dict) else None
+    except ValueError:
+        checks = None
+    if not isinstance(checks, dict):
+        return f"not ready (port answered HTTP {answer.status_code}: not a mocktrade service)"
+    failing = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
+    detail = "; ".join(failing) or f"HTTP {answer.status_code}"
+    return f"not ready ({detail[:157] + '...' if len(detail) > 160 else detail})"
+
+
+def probe_child(client: httpx.Client, child: Child) -> str:
+    try:
+        return describe_readiness(client.get(f"http://127.0.0.1:{child.port}/readyz"))
+    except httpx.HTTPError:
+        return "not answering"
+
+
+def state_of(description: str) -> str:
+    """The coarse state a description is in (details may change within one)."""
+    return description.split(" (", 1)[0]
+
+
+class StateReporter:
+    """One console line per state change of a child."""
+
+    def __init__(self, out=None) -> None:
+        self.out = out
+        self.states: dict[str, str] = {}
+
+    def update(self, name: str, description: str) -> None:
+        if self.states.get(name) != state_of(description):
+            self.states[name] = state_of(description)
+            print(f"{name}: {description}", file=self.out or sys.stdout, flush=True)
+
+
 async def _ready(children: list[Child], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     status: dict[str, str] = {}
@@ -99,7 +192,7 @@ async def _ready(children: list[Child], timeout: float) -> dict[str, str]:
             for child in children:
                 try:
                     answer = await client.get(f"http://127.0.0.1:{child.port}/readyz")
-                    status[child.name] = "ready" if answer.status_code == 200 else answer.text
+                    status[child.name] = describe_readiness(answer)
                 except httpx.HTTPError as exc:
                     status[child.name] = f"not answering ({type(exc).__name__})"
             if all(s == "ready" for s in status.values()):
@@ -113,14 +206,28 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
     from . import logs, stack
     from .bootstrap import Resources, ensure_demo_accounts
 
-    logs.configure(settings.log_level)
+    from .stack.manager import _pid_path
+    from .stack.processes import running_record
+
+    # The console is for the banner and state changes: this process logs
+    # warnings only (each child logs at the asked level into its log file).
+    logs.configure(settings.log_level if settings.log_level in ("DEBUG", "ERROR", "CRITICAL") else "WARNING")
     stack_dir = stack_dir or settings.data_dir / "stack"
+    log_dir = settings.data_dir / "logs"
+    # The whole plan, checked before anything starts.
+    engine_ports = stack.planned_ports(stack_dir)
+    running = {name for name in engine_ports if running_record(_pid_path(Path(stack_dir).resolve(), name))}
+    problems = check_plan(plan(settings, {}, replicas or {}, log_dir), settings.host, engine_ports, running)
+    if problems:
+        raise LaunchError("nothing started: " + "\n".join(problems))
     print(f"starting the engines in {stack_dir} ...", flush=True)
-    engine_env = stack.up(stack_dir)
+    try:
+        engine_env = stack.up(stack_dir)
+    except stack.StackError as exc:
+        raise LaunchError(f"the engines did not start: {exc}") from None
     from .config import ENGINES_FILE, write_env_file
 
-    write_env_file(settings.data_dir / ENGINES_FILE, {
-        **engine_env, **({"MOCKTRADE_TABLE_PREFIX": settings.table_prefix} if settings.table_prefix else {})})
+    write_env_file(settings.data_dir / ENGINES_FILE, engines_file(settings, engine_env))
     settings = settings.with_overrides(
         kafka_bootstrap=engine_env.get("MOCKTRADE_KAFKA_BOOTSTRAP"),
         redis_url=engine_env.get("MOCKTRADE_REDIS_URL"),
@@ -135,16 +242,17 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
             await resources.close()
     asyncio.run(demo())
 
-    log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children = plan(settings, engine_env, replicas or {}, log_dir)
+    print(f"starting {len(children)} processes (logs in {log_dir}) ...", flush=True)
     for child in children:
         child.start()
     status = asyncio.run(_ready(children, timeout=90))
     base = f"http://{settings.host}:{settings.port}"
+    marketdata = next(child for child in children if child.name == "marketdata")
     token = Resources(settings).tokens.issue(settings.demo_users[0])
     print(f"mocktrade (distributed) on {base}\n"
-          f"  prices:  ws://{settings.host}:{settings.port + 1}/v1/marketdata\n"
+          f"  prices:  ws://{settings.host}:{marketdata.port}/v1/marketdata\n"
           f"  logs:    {log_dir}\n"
           + "".join(f"  {name:12} {state}\n" for name, state in status.items())
           + f"  console: {base}/  (sign in as {settings.demo_users[0]}, password "
@@ -158,13 +266,35 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
         stopping = True
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    from .portcheck import is_free, taken_message
+
+    reporter = StateReporter()
+    reporter.states.update({name: state_of(state) for name, state in status.items()})
+    blocked: set[str] = set()
+    client = httpx.Client(timeout=1.0)
+    next_poll = time.monotonic() + 2.0
     try:
         while not stopping:
             for child in children:
                 if not child.alive() and not stopping:
+                    if not is_free(settings.host, child.port):
+                        # Restarting would only loop on "address already in use".
+                        if child.name not in blocked:
+                            blocked.add(child.name)
+                            reporter.states[child.name] = "blocked"
+                            print(f"{taken_message(settings.host, child.port, child.name)}; "
+                                  "not restarting it until the port is free", flush=True)
+                        continue
+                    blocked.discard(child.name)
                     child.restarts += 1
-                    print(f"{child.name} exited ({child.process.returncode}); restarting", flush=True)
+                    reporter.states[child.name] = "restarting"
+                    print(f"{child.name}: exited ({child.process.returncode}); restarting", flush=True)
                     child.start()
+            if time.monotonic() >= next_poll:
+                for child in children:
+                    if child.alive() and not stopping:
+                        reporter.update(child.name, probe_child(client, child))
+                next_poll = time.monotonic() + 2.0
             time.sleep(0.5)
     finally:
         for child in children:
@@ -176,7 +306,9 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
                     child.process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     child.stop(signal.SIGKILL)
+        client.close()
         if not keep_stack:
             stack.down(stack_dir)
-        print("stopped", flush=True)
+        print("stopped" + ("" if keep_stack else f" (the engines too: `mocktrade stack up` starts them "
+                                                  f"again for verify, token, accounts)"), flush=True)
     return 0

@@ -35,3 +35,7 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     # uvicorn's access log would cost more than the request at our rates.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO ("HTTP Request: GET .../readyz"): the
+    # launcher's readiness polls and the search adapter's calls would flood.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

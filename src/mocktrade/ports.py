@@ -61,10 +61,17 @@ class LogConsumer(Protocol):
     async def close(self) -> None: ...
 
 
+OutgoingRecord = tuple[str, bytes, "Mapping[str, str] | None"]  # key, value, headers
+
+
 class EventLog(Protocol):
     async def publish(self, topic: str, key: str, value: bytes,
                       headers: Mapping[str, str] | None = None) -> None:
         """Return once the record is durable; the key picks the partition."""
+
+    async def publish_many(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        """Publish a batch; return once all are durable. Each key's records
+        keep their order; on failure some of the batch may have been written."""
 
     def consumer(self, topic: str, group: str,
                  reset: Literal["earliest", "latest"] = "earliest") -> LogConsumer:

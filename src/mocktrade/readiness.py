@@ -26,7 +26,7 @@ def configured_engines(settings: Settings, roles: set[str]) -> dict[str, str]:
             if address and role in roles and address != "aws"}
 
 
-def _probe(name: str, address: str) -> None:
+def _probe(name: str, address: str, region: str = probes.DEFAULT_DYNAMODB_REGION) -> None:
     if name == "kafka":
         host, _, port = address.split(",")[0].rpartition(":")
         probes.kafka_metadata(host or "127.0.0.1", int(port), timeout=2.0)
@@ -34,28 +34,30 @@ def _probe(name: str, address: str) -> None:
         url = urlparse(address)
         probes.redis_ping(url.hostname or "127.0.0.1", url.port or 6379, timeout=2.0)
     elif name == "dynamodb":
-        probes.dynamodb_list_tables(address)
+        probes.dynamodb_list_tables(address, region)
     elif name == "elasticsearch":
         status = probes.search_cluster_health(address)
         if status == "red":
             raise RuntimeError("cluster health is red")
 
 
-async def check(engines: dict[str, str]) -> dict[str, str]:
+async def check(engines: dict[str, str], region: str = probes.DEFAULT_DYNAMODB_REGION) -> dict[str, str]:
+    """region: the DynamoDB region (Settings.dynamodb_region) the tables live in."""
     async def one(name: str, address: str) -> tuple[str, str]:
         try:
-            await asyncio.wait_for(asyncio.to_thread(_probe, name, address), 5.0)
+            await asyncio.wait_for(asyncio.to_thread(_probe, name, address, region), 5.0)
             return name, "ok"
         except Exception as exc:  # any failure means "not reachable" to an operator
             return name, f"unreachable at {address}: {exc or type(exc).__name__}"
     return dict(await asyncio.gather(*(one(n, a) for n, a in engines.items())))
 
 
-async def wait_for(engines: dict[str, str], max_delay: float = 5.0) -> None:
+async def wait_for(engines: dict[str, str], max_delay: float = 5.0,
+                   region: str = probes.DEFAULT_DYNAMODB_REGION) -> None:
     """Block until every engine answers, saying which ones are missing meanwhile."""
     delay = 0.2
     while True:
-        status = await check(engines)
+        status = await check(engines, region)
         missing = {n: s for n, s in status.items() if s != "ok"}
         if not missing:
             return

@@ -124,3 +124,150 @@ async def test_analytics_survive_reopening(open_analytics):
     reopened = await open_analytics()
     await reopened.record(TRADES[:2])  # a replay after the restart
     assert await reopened.volume(T0, T0 + HOUR) == expected(TRADES, T0, T0 + HOUR)
+
+
+# -- price bars ------------------------------------------------------------------
+
+from mocktrade.domain.bars import TIMEFRAMES, Bar  # noqa: E402
+from mocktrade.domain.model import PriceTick  # noqa: E402
+
+B0 = datetime(2025, 6, 30, 23, 50, tzinfo=timezone.utc)  # 1d and 1h bars cross midnight
+FAR = B0 + timedelta(days=3)
+
+
+def tick(symbol: str, seconds: float, price: str) -> PriceTick:
+    return PriceTick(symbol, Decimal(price), B0 + timedelta(seconds=seconds))
+
+
+# Ticks every 7 s for 25 minutes, prices wandering; MOCKKO interleaved.
+BAR_TICKS = ([tick("MOCKAAPL", 7 * i, f"{100 + (i * 37 % 23) / 4:.4f}") for i in range(215)]
+             + [tick("MOCKKO", 11 * i + 0.5, f"{60 + (i * 13 % 7) / 8:.4f}") for i in range(140)])
+
+BAR_TRADES = [
+    trade("b1", "MOCKAAPL", "10", "101.0000", B0 + timedelta(seconds=30)),
+    trade("b2", "MOCKAAPL", "0.5", "101.5000", B0 + timedelta(seconds=59, microseconds=999999)),
+    trade("b3", "MOCKAAPL", "2", "102.0000", B0 + timedelta(minutes=12, seconds=1), user="bob"),
+    trade("b4", "MOCKAAPL", "7", None, B0 + timedelta(minutes=12, seconds=2),
+          ExecutionStatus.FAILED_INSUFFICIENT_FUNDS),
+    trade("b5", "MOCKKO", "3", "60.0000", B0 + timedelta(minutes=3)),
+]
+
+
+def expected_bars(ticks: list[PriceTick], trades: list[Execution], symbol: str, timeframe: str,
+                  since: datetime | None = None, until: datetime = FAR) -> list[Bar]:
+    seconds = TIMEFRAMES[timeframe]
+    start = lambda moment: int(moment.timestamp() // seconds) * seconds  # noqa: E731
+    unique = {(t.symbol, t.timestamp): t for t in ticks if t.symbol == symbol}
+    buckets: dict[int, list[PriceTick]] = {}
+    for t in sorted(unique.values(), key=lambda t: t.timestamp):
+        buckets.setdefault(start(t.timestamp), []).append(t)
+    volume: dict[int, Decimal] = {}
+    for t in {t.order_id: t for t in trades}.values():
+        if t.executed and t.symbol == symbol:
+            key = start(t.execution_timestamp)
+            volume[key] = volume.get(key, Decimal(0)) + t.quantity
+    bars = []
+    for key in sorted(buckets):
+        at = datetime.fromtimestamp(key, timezone.utc)
+        if (since is None or at >= since) and at < until:
+            prices = [t.price for t in buckets[key]]
+            bars.append(Bar(at, prices[0], max(prices), min(prices), prices[-1],
+                            volume.get(key, Decimal(0)), len(prices)))
+    return bars
+
+
+async def test_minute_bars_from_ticks_with_executed_volume(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    await analytics.record(BAR_TRADES)
+    bars = await analytics.bars("MOCKAAPL", "1m", B0, FAR, 100)
+    assert bars == expected_bars(BAR_TICKS, BAR_TRADES, "MOCKAAPL", "1m", B0)
+    assert len(bars) == 25
+    first = bars[0]
+    assert (first.start, first.volume, first.ticks) == (B0, Decimal("10.5"), 9)
+    assert bars[12].volume == Decimal(2)  # the failed trade b4 is not volume
+    assert [b.start for b in bars] == sorted(b.start for b in bars)  # oldest first
+
+
+async def test_coarser_timeframes_roll_up_the_minutes(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    await analytics.record(BAR_TRADES)
+    for symbol in ("MOCKAAPL", "MOCKKO"):
+        for timeframe in TIMEFRAMES:
+            assert await analytics.bars(symbol, timeframe, B0 - timedelta(days=1), FAR, 100) == \
+                expected_bars(BAR_TICKS, BAR_TRADES, symbol, timeframe), (symbol, timeframe)
+    daily = await analytics.bars("MOCKAAPL", "1d", B0 - timedelta(days=1), FAR, 100)
+    assert [b.start for b in daily] == [datetime(2025, 6, 30, tzinfo=timezone.utc),
+                                        datetime(2025, 7, 1, tzinfo=timezone.utc)]
+    assert sum(b.ticks for b in daily) == 215
+    assert sum(b.volume for b in daily) == Decimal("12.5")
+
+
+async def test_replayed_ticks_and_trades_count_once(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    await analytics.record(BAR_TRADES)
+    # A replay cut into other batches, overlapping, with in-batch duplicates.
+    await analytics.record_ticks(BAR_TICKS[100:250])
+    await analytics.record_ticks(BAR_TICKS[:40] + BAR_TICKS[:40])
+    await analytics.record(BAR_TRADES[:2])
+    for timeframe in ("1m", "15m", "1d"):
+        assert await analytics.bars("MOCKAAPL", timeframe, B0 - timedelta(days=1), FAR, 100) == \
+            expected_bars(BAR_TICKS, BAR_TRADES, "MOCKAAPL", timeframe)
+
+
+async def test_late_ticks_in_a_later_batch_rebuild_their_minute(analytics):
+    early, late = BAR_TICKS[:215:2], BAR_TICKS[1:215:2]
+    await analytics.record_ticks(early)
+    await analytics.record_ticks(late[::-1])  # out of order, touching every minute again
+    assert await analytics.bars("MOCKAAPL", "1m", B0, FAR, 100) == \
+        expected_bars(BAR_TICKS, [], "MOCKAAPL", "1m", B0)
+
+
+async def test_bars_opening_in_the_window_are_whole(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    # since rounds up to the next bar, until excludes a bar opening at it, and the
+    # last bar keeps its minutes after `until`.
+    since, until = B0 + timedelta(minutes=2, seconds=1), B0 + timedelta(minutes=10, seconds=30)
+    bars = await analytics.bars("MOCKAAPL", "5m", since, until, 100)
+    assert [b.start for b in bars] == [B0 + timedelta(minutes=5), B0 + timedelta(minutes=10)]
+    assert bars == [b for b in expected_bars(BAR_TICKS, [], "MOCKAAPL", "5m")
+                    if since <= b.start < until]
+    assert bars[-1].ticks == len([t for t in BAR_TICKS if t.symbol == "MOCKAAPL"
+                                  and B0 + timedelta(minutes=10) <= t.timestamp
+                                  < B0 + timedelta(minutes=15)])
+    assert await analytics.bars("MOCKAAPL", "1m", B0 + timedelta(minutes=3),
+                                B0 + timedelta(minutes=3), 10) == []
+
+
+async def test_limit_takes_the_oldest_from_since_or_the_newest_without(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    every = expected_bars(BAR_TICKS, [], "MOCKAAPL", "1m")
+    assert await analytics.bars("MOCKAAPL", "1m", B0, FAR, 5) == every[:5]
+    assert await analytics.bars("MOCKAAPL", "1m", None, FAR, 5) == every[-5:]
+    until = every[10].start
+    assert await analytics.bars("MOCKAAPL", "1m", None, until, 3) == every[7:10]
+
+
+async def test_bars_of_an_unknown_or_quiet_symbol_are_empty(analytics):
+    await analytics.record_ticks(BAR_TICKS)
+    assert await analytics.bars("MOCKNONE", "1h", None, FAR, 10) == []
+    assert await analytics.bars("MOCKAAPL", "1h", B0 - timedelta(days=2), B0 - timedelta(days=1),
+                                10) == []
+    await analytics.record_ticks([])
+
+
+async def test_volume_without_ticks_makes_no_bar(analytics):
+    await analytics.record(BAR_TRADES)
+    assert await analytics.bars("MOCKAAPL", "1m", None, FAR, 10) == []
+
+
+async def test_bars_survive_reopening(open_analytics):
+    store = await open_analytics()
+    await store.record_ticks(BAR_TICKS[:150])
+    await store.record(BAR_TRADES)
+    await store.close()
+
+    reopened = await open_analytics()
+    await reopened.record_ticks(BAR_TICKS[100:])  # the replay after a restart overlaps
+    await reopened.record(BAR_TRADES)
+    assert await reopened.bars("MOCKAAPL", "1h", None, FAR, 10) == \
+        expected_bars(BAR_TICKS, BAR_TRADES, "MOCKAAPL", "1h")

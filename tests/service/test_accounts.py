@@ -45,6 +45,7 @@ async def test_sign_up_then_sign_in_gives_the_bearer_token_the_api_takes(backend
 
 @pytest.mark.parametrize("body, field", [
     ({"username": "bad name", "password": "long enough pw"}, "username"),
+    ({"username": "mocktrade-internal", "password": "long enough pw"}, "username"),
     ({"username": "carol", "password": "short"}, "password"),
     ({"username": "carol", "password": "long enough pw", "cash": "50000.01"}, "cash"),
     ({"username": "carol", "password": "long enough pw", "cash": "1.001"}, "cash"),

@@ -93,3 +93,4 @@ def test_decoder_never_crashes_on_garbage(raw):
         events.decode_envelope(raw)
     except events.EventDecodeError:
         pass
+

@@ -131,6 +131,8 @@ def executed_portfolio(order: Order, p: Portfolio, price: Decimal):
 def expected_place(order: Order, p: Portfolio, price: Decimal | None, now: datetime):
     """(status, execution status or None, fill price or None, stop_triggered)."""
     fill, fired = expected_fill(order, price, False)
+    if order.expires_at is not None and order.expires_at <= now:
+        return OrderStatus.EXPIRED, ExecutionStatus.EXPIRED, None, fired  # after its close
     if fill is not None:
         if executed_portfolio(order, p, fill) is None:
             failed = (ExecutionStatus.FAILED_INSUFFICIENT_FUNDS if buy(order)
@@ -689,3 +691,19 @@ def test_a_proposal_for_a_closed_order_is_decided_once_and_not_proposed_again(ra
     world.drain()
     assert oid not in world.book
     world.check_invariants()
+
+
+def test_a_tick_after_the_session_close_expires_a_day_order_instead_of_filling_it():
+    close = T0 + timedelta(hours=1)
+    order = Order("d1", "u1", "MOCKAAPL", Decimal("1"), Side.BUY, T0, OrderType.LIMIT,
+                  TimeInForce.DAY, Decimal("100.0000"), expires_at=close)
+    placed = lifecycle.place(order, Portfolio("u1", Decimal("1000.00")), Decimal("120"), T0)
+    state = placed.orders[0]
+    assert state.status is OrderStatus.OPEN and placed.portfolio.reserved_cash == Decimal("100.00")
+    late = TriggerOrder("u1", "d1", Decimal("99"), close + timedelta(seconds=1))
+    step = lifecycle.trigger(late, placed.portfolio, state, close + timedelta(seconds=2))
+    assert step.orders[0].status is OrderStatus.EXPIRED and step.outcomes[0].execution_price is None
+    assert step.portfolio.reserved_cash == 0 and step.portfolio.cash == Decimal("1000.00")
+    in_time = TriggerOrder("u1", "d1", Decimal("99"), close - timedelta(seconds=1))
+    filled = lifecycle.trigger(in_time, placed.portfolio, state, close + timedelta(seconds=2))
+    assert filled.orders[0].status is OrderStatus.EXECUTED  # crossed before the close

@@ -19,12 +19,16 @@ from starlette.routing import Route
 
 import orjson
 
-from ..domain.events import format_time, parse_time, trade_executed_payload, decode_trade_executed
-from ..domain.model import Execution
+from ..domain.bars import Bar
+from ..domain.events import (decode_market_data, decode_trade_executed, format_time,
+                             market_data_payload, parse_time, trade_executed_payload)
+from ..domain.model import Execution, PriceTick
 from ..ports import Analytics, DependencyUnavailable, SymbolVolume
 
 VOLUME_PATH = "/internal/analytics/volume"
 TRADES_PATH = "/internal/analytics/trades"
+TICKS_PATH = "/internal/analytics/ticks"
+BARS_PATH = "/internal/analytics/bars"
 
 
 class HttpAnalytics:
@@ -44,6 +48,19 @@ class HttpAnalytics:
         rows = orjson.loads(await self._call("GET", VOLUME_PATH, params=params))
         return [SymbolVolume(r["symbol"], Decimal(r["volume"]), r["tradeCount"], Decimal(r["notional"]))
                 for r in rows]
+
+    async def record_ticks(self, ticks: Sequence[PriceTick]) -> None:
+        body = orjson.dumps([market_data_payload(t) for t in ticks])
+        await self._call("POST", TICKS_PATH, content=body)
+
+    async def bars(self, symbol: str, timeframe: str, since: datetime | None,
+                   until: datetime, limit: int) -> list[Bar]:
+        params = {"symbol": symbol, "timeframe": timeframe, "until": format_time(until),
+                  "limit": str(limit)}
+        if since is not None:
+            params["since"] = format_time(since)
+        rows = orjson.loads(await self._call("GET", BARS_PATH, params=params))
+        return [_bar(r) for r in rows]
 
     async def _call(self, method: str, path: str, **kwargs) -> bytes:
         try:
@@ -78,4 +95,30 @@ def internal_routes(analytics: Analytics, authorized) -> list[Route]:
         await analytics.record(executions)
         return Response(b"[]", media_type="application/json")
 
-    return [Route(VOLUME_PATH, volume, methods=["GET"]), Route(TRADES_PATH, trades, methods=["POST"])]
+    async def ticks(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        await analytics.record_ticks([decode_market_data(p) for p in orjson.loads(await request.body())])
+        return Response(b"[]", media_type="application/json")
+
+    async def bars(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        q = request.query_params
+        since = parse_time(q["since"], "since") if "since" in q else None
+        rows = await analytics.bars(q["symbol"], q["timeframe"], since, parse_time(q["until"], "until"),
+                                    int(q["limit"]))
+        return Response(orjson.dumps([_bar_json(b) for b in rows]), media_type="application/json")
+
+    return [Route(VOLUME_PATH, volume, methods=["GET"]), Route(TRADES_PATH, trades, methods=["POST"]),
+            Route(TICKS_PATH, ticks, methods=["POST"]), Route(BARS_PATH, bars, methods=["GET"])]
+
+
+def _bar_json(b: Bar) -> dict:
+    return {"t": format_time(b.start), "o": str(b.open), "h": str(b.high), "l": str(b.low),
+            "c": str(b.close), "v": str(b.volume), "n": b.ticks}
+
+
+def _bar(r: dict) -> Bar:
+    return Bar(parse_time(r["t"], "t"), Decimal(r["o"]), Decimal(r["h"]), Decimal(r["l"]),
+               Decimal(r["c"]), Decimal(r["v"]), r["n"])

@@ -65,9 +65,11 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from ..domain.model import Execution, ExecutionStatus
+from ..domain.bars import Bar
+from ..domain.model import Execution, ExecutionStatus, PriceTick
 from ..domain.money import CASH_QUANTUM
 from ..ports import DependencyUnavailable, SymbolVolume
+from . import clickhouse_bars
 
 _T = TypeVar("_T")
 
@@ -204,8 +206,11 @@ class ClickHouseAnalytics:
             raise ValueError(f"table_prefix {table_prefix!r}: use letters, digits and '_'")
         self.table_name = f"{table_prefix}{TABLE}"
         self.database = database
-        self.table = (f"{quote_identifier(database)}.{quote_identifier(self.table_name)}"
-                      if database else quote_identifier(self.table_name))
+        self.table = self._qualified(self.table_name)
+        # Bars: raw ticks and minute bars (see clickhouse_bars).
+        self.ticks_table_name = f"{table_prefix}{clickhouse_bars.TICKS_TABLE}"
+        self.ticks_table = self._qualified(self.ticks_table_name)
+        self.bars_table = self._qualified(f"{table_prefix}{clickhouse_bars.BARS_TABLE}")
         self._opener: Callable[[], Client] = (
             (lambda: client) if isinstance(client, Client) else client)
         self._client: Client | None = None
@@ -214,6 +219,10 @@ class ClickHouseAnalytics:
         self._closed = False
         # Start opening now; a failure here is retried by the first call.
         self._pool.submit(self._client_or_none)
+
+    def _qualified(self, name: str) -> str:
+        return (f"{quote_identifier(self.database)}.{quote_identifier(name)}"
+                if self.database else quote_identifier(name))
 
     @classmethod
     def from_url(cls, url: str, *, table_prefix: str = "") -> "ClickHouseAnalytics":
@@ -238,6 +247,8 @@ class ClickHouseAnalytics:
             if self.database:
                 client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(self.database)}")
             client.command(CREATE_TABLE_TEMPLATE.format(table=self.table))
+            for statement in clickhouse_bars.create_statements(self.ticks_table, self.bars_table):
+                client.command(statement)
         except BaseException:
             client.close()
             raise
@@ -296,6 +307,27 @@ class ClickHouseAnalytics:
         return [SymbolVolume(name, Decimal(volume), int(count),
                              Decimal(notional).quantize(CASH_QUANTUM))
                 for name, volume, count, notional in result.result_rows]
+
+    async def record_ticks(self, ticks: Sequence[PriceTick]) -> None:
+        """Insert the ticks, then recompute the minute bars they touch from the
+        deduplicated ticks (so a replayed tick never counts twice)."""
+        if not ticks:
+            return
+        rows = clickhouse_bars.tick_rows(ticks)
+
+        def insert(client: Client) -> None:
+            client.insert(self.ticks_table_name, rows, column_names=clickhouse_bars.TICK_COLUMNS,
+                          database=self.database or None)
+            clickhouse_bars.recompute_minutes(client, ticks, ticks_table=self.ticks_table,
+                                              bars_table=self.bars_table)
+
+        await self._run(insert)
+
+    async def bars(self, symbol: str, timeframe: str, since: datetime | None,
+                   until: datetime, limit: int) -> list[Bar]:
+        return await self._run(lambda client: clickhouse_bars.query_bars(
+            client, symbol, timeframe, since, until, limit,
+            bars_table=self.bars_table, trades_table=self.table))
 
     async def optimize(self) -> None:
         """Merge parts now (and with them, duplicates); for tools and benchmarks."""

@@ -192,13 +192,16 @@ class ElasticsearchTradeHistory:
         deployments or test runs share one cluster (lowercase, as index names).
     refresh: "wait_for" (read-your-writes), True (force a refresh), False.
     shards, replicas: of each monthly index; None leaves the cluster default.
+        replicas is 0 by default, so a one-node cluster is green (a replica
+        has nowhere to go there); a real cluster sets it (Settings'
+        MOCKTRADE_ELASTICSEARCH_REPLICAS), and existing indices follow.
     index_sort: sort each index's segments by user, then newest first (the
         setting applies to indices created after the template was written).
     """
 
     def __init__(self, url: str, *, index_prefix: str = "",
                  refresh: Literal["wait_for"] | bool = "wait_for",
-                 shards: int | None = 1, replicas: int | None = None, index_sort: bool = True,
+                 shards: int | None = 1, replicas: int | None = 0, index_sort: bool = True,
                  timeout: float = 30.0, client: httpx.AsyncClient | None = None):
         if not _VALID_PREFIX.match(index_prefix):
             raise ValueError(f"index_prefix {index_prefix!r} is not usable in index names "
@@ -265,6 +268,12 @@ class ElasticsearchTradeHistory:
                 "template": template,
                 "_meta": {"managed_by": "mocktrade"},
             })
+            if "number_of_replicas" in self._settings:
+                # A dynamic setting: indices made under an older template follow too.
+                await self._request(
+                    "PUT", f"/{self.index_pattern}/_settings",
+                    body={"index": {"number_of_replicas": self._settings["number_of_replicas"]}},
+                    params={"allow_no_indices": "true", "ignore_unavailable": "true"}, accept=(404,))
             self._template_ready = True
 
     async def _ensure_indices(self, names: set[str]) -> None:

@@ -81,13 +81,12 @@ from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, 
                              KafkaException, Message, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-from ..ports import DependencyUnavailable, LogRecord, offsets_after
+from ..ports import DependencyUnavailable, LogRecord, OutgoingRecord, offsets_after
 
 log = logging.getLogger("mocktrade.kafka")
 # librdkafka's own log lines and client errors; see _Throttle.
 client_log = logging.getLogger("mocktrade.kafka.client")
 
-OutgoingRecord = tuple[str, bytes, Mapping[str, str] | None]
 
 # How long a consumer's first poll waits for the group to hand it partitions
 # before its own timeout starts counting anyway.

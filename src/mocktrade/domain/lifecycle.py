@@ -15,7 +15,9 @@ Fill rules (last-price feed, no partial fills):
   sell, downward) and then fills as a market order at the triggering price.
 * STOP_LIMIT: on its trigger it becomes a LIMIT order at its limit price.
 * IOC and FOK orders that cannot fill on arrival end EXPIRED; DAY orders end
-  EXPIRED at the session close; GTC orders rest until filled or canceled.
+  EXPIRED at the session close (one that reaches the owner after it, or whose
+  triggering tick is from after it, expires instead of filling); GTC orders
+  rest until filled or canceled.
 
 Reservations while an order rests: a buy LIMIT or STOP_LIMIT reserves
 quantity x limitPrice of cash, a buy STOP quantity x stopPrice (if the price
@@ -304,7 +306,11 @@ def place(order: Order, portfolio: Portfolio | None, price: Decimal | None,
                          order.order_timestamp)
     fill_at, triggered = fill_price_now(order, price)
     state = replace(state, stop_triggered=triggered)
-    if fill_at is not None:
+    if order.expires_at is not None and order.expires_at <= now:
+        # Reached the owner only after its session closed: no fill at an
+        # after-close price, whatever it is.
+        b.finish(state, _closed(order, ExecutionStatus.EXPIRED, "session closed", now))
+    elif fill_at is not None:
         _fill(b, state, fill_at)
     elif order.order_type is OrderType.MARKET:
         b.finish(state, _closed(order, ExecutionStatus.FAILED_OTHER,
@@ -313,8 +319,6 @@ def place(order: Order, portfolio: Portfolio | None, price: Decimal | None,
         at = f" at {price}" if price is not None else ""
         b.finish(state, _closed(order, ExecutionStatus.EXPIRED,
                                 f"{order.time_in_force.value} order not marketable{at}", now))
-    elif order.expires_at is not None and order.expires_at <= now:
-        b.finish(state, _closed(order, ExecutionStatus.EXPIRED, "session closed", now))
     else:
         cash, shares = reservation(order)
         if cash > portfolio.buying_power:
@@ -357,6 +361,11 @@ def trigger(instruction: TriggerOrder, portfolio: Portfolio, state: OrderState |
     """
     if state is None or not state.is_open:
         return unchanged(portfolio)
+    expires = state.order.expires_at
+    if expires is not None and instruction.tick_time >= expires:
+        # A tick after the session close does not fill a DAY order: it expired.
+        return expire(ExpireOrder(instruction.user_id, instruction.order_id, expires),
+                      portfolio, state, now)
     fill_at, triggered = fill_price_now(state.order, instruction.price, state.stop_triggered)
     if fill_at is None and triggered == state.stop_triggered:
         return unchanged(portfolio)

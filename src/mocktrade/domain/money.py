@@ -48,7 +48,10 @@ def _to_decimal(value: object, what: str) -> Decimal:
 
 
 def _quantize_exact(value: Decimal, quantum: Decimal, what: str) -> Decimal:
-    quantized = value.quantize(quantum, context=_CONTEXT)
+    try:
+        quantized = value.quantize(quantum, context=_CONTEXT)
+    except InvalidOperation:  # more digits than the context holds, e.g. 1e300
+        raise AmountError(f"{what} is out of range") from None
     if quantized != value:
         raise AmountError(f"{what} has more than {-quantum.as_tuple().exponent} decimal places")
     return quantized

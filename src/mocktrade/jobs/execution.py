@@ -51,11 +51,28 @@ class ExecutionHandler:
         self.stats = ExecutionStats()
 
     async def handle(self, records: Sequence[LogRecord]) -> None:
+        """Apply a batch, then publish what it produced, one batch per topic.
+
+        Publishing after the whole batch is safe: the offsets are committed
+        only after this returns, so a crash in between redelivers the batch,
+        whose steps are then replays that hand back the same events.
+        """
+        outbound: dict[str, list] = {}
         for record in records:
-            await self.handle_one(record)
+            await self._apply(record, outbound)
+        for topic, batch in outbound.items():
+            await self._log.publish_many(topic, batch)
 
     async def handle_one(self, record: LogRecord) -> Execution | None:
-        """Apply one instruction; the final outcome of the order it closed, if any."""
+        """Apply one instruction and publish; the final outcome of the order it
+        closed, if any."""
+        outbound: dict[str, list] = {}
+        step = await self._apply(record, outbound)
+        for topic, batch in outbound.items():
+            await self._log.publish_many(topic, batch)
+        return step.outcomes[-1] if step is not None and step.outcomes else None
+
+    async def _apply(self, record: LogRecord, outbound: dict[str, list]) -> Step | None:
         try:
             instruction = decode_instruction(record)
         except EventDecodeError as exc:
@@ -64,8 +81,15 @@ class ExecutionHandler:
             return None
         step = await self._portfolios.apply(instruction, await self._price_for(instruction),
                                             self._clock())
-        await self._publish(step, {k: v for k, v in record.headers.items() if k == "traceparent"})
-        return step.outcomes[-1] if step.outcomes else None
+        headers = {k: v for k, v in record.headers.items() if k == "traceparent"}
+        for state, transition in step.new_transitions:
+            outbound.setdefault(TOPIC_ORDER_UPDATES, []).append(
+                (state.user_id, encode_order_update(state, transition), headers))
+        for outcome in step.outcomes:
+            outbound.setdefault(TOPIC_TRADE_EXECUTED, []).append(
+                (outcome.user_id, encode_trade_executed(outcome), headers))
+        self._count(step)
+        return step
 
     async def _price_for(self, instruction: Instruction):
         if isinstance(instruction, TriggerOrder):
@@ -75,13 +99,7 @@ class ExecutionHandler:
             return tick.price if tick else None
         return None
 
-    async def _publish(self, step: Step, headers: dict[str, str]) -> None:
-        for state, transition in step.new_transitions:
-            await self._log.publish(TOPIC_ORDER_UPDATES, state.user_id,
-                                    encode_order_update(state, transition), headers)
-        for outcome in step.outcomes:
-            await self._log.publish(TOPIC_TRADE_EXECUTED, outcome.user_id,
-                                    encode_trade_executed(outcome), headers)
+    def _count(self, step: Step) -> None:
         if step.replay:
             return
         for outcome in step.outcomes:

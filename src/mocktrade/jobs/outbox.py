@@ -29,6 +29,10 @@ class Outbox:
                       headers: Mapping[str, str] | None = None) -> None:
         self._records.append(OutboundRecord(topic, key, value, dict(headers or {})))
 
+    async def publish_many(self, topic: str, records) -> None:
+        for key, value, headers in records:
+            await self.publish(topic, key, value, headers)
+
     def drain(self) -> list[OutboundRecord]:
         records, self._records = self._records, []
         return records

@@ -58,9 +58,11 @@ class TriggerHandler:
 
     async def load(self) -> None:
         """Start from the store's OPEN orders (older ones may be past retention)."""
-        for state in await self._portfolios.open_orders():
+        for count, state in enumerate(await self._portfolios.open_orders(), 1):
             await self._send(self.book.apply_update(state.order, state.status.value,
                                                     state.last_seq, state.stop_triggered))
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # the other jobs of this process keep going
         log.info("trigger book loaded", extra={"openOrders": len(self.book)})
 
     async def handle_ticks(self, records: Sequence[LogRecord]) -> None:

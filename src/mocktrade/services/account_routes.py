@@ -6,8 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import FastAPI, Form, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..domain.money import AmountError, parse_cash
@@ -49,11 +48,15 @@ def account_routes(app: FastAPI, accounts: AccountService) -> None:
     @app.post("/v1/auth/token", tags=["auth"],
               responses={401: {"description": "wrong username or password"},
                          429: {"description": "too many failed attempts for this user or address"}})
-    async def sign_in(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]):
-        """OAuth2 password grant: the bearer token for a username and password."""
+    async def sign_in(request: Request,
+                      username: Annotated[str, Form(min_length=1, max_length=64)],
+                      password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD)],
+                      grant_type: Annotated[str | None, Form(pattern="^password$")] = None):
+        """OAuth2 password grant (the form FastAPI's OAuth2PasswordRequestForm
+        reads): the bearer token for a username and password."""
         address = request.client.host if request.client else "unknown"
         try:
-            return JsonResponse(await accounts.sign_in(form.username, form.password, address))
+            return JsonResponse(await accounts.sign_in(username, password, address))
         except TooManyAttempts as exc:
             raise ApiError(429, "rate_limited", str(exc),
                            headers={"Retry-After": RateLimiter.retry_after(exc.wait)}) from None

@@ -25,6 +25,7 @@ from ..ports import AccountExists, PortfolioStore
 from .auth import TokenIssuer
 from .ratelimit import RateLimiter
 
+RESERVED_PREFIX = "mocktrade-"
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD, MAX_PASSWORD = 8, 128
 
@@ -107,6 +108,9 @@ class AccountService:
         if not self.policy.enabled:
             raise SignupClosed("self-service sign-up is off here; an operator creates accounts")
         check_user_id(user_id)
+        if user_id.lower().startswith(RESERVED_PREFIX):
+            # The platform's own identities (the internal analytics reader) live here.
+            raise AccountError(f"user ids starting with {RESERVED_PREFIX!r} are reserved", "username")
         check_password(password)
         cash = self.policy.default_starting_cash if cash is None else cash
         if not Decimal(0) <= cash <= self.policy.max_starting_cash:

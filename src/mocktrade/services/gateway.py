@@ -10,15 +10,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Awaitable, Callable, Literal
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from ..console import docs_routes
 from ..domain import rules
 from ..domain.model import ExecutionStatus, Side
 from ..domain.events import order_view
 from ..ports import DependencyUnavailable, InvalidPageToken, OrderQuery
 from .auth import TokenIssuer, Unauthorized
+from . import schemas
 from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
 from .orders import (ClientOrderIdTaken, IdempotencyConflict, OrderNotCancelable, OrderNotFound,
                      OrderRequest, OrderService, PriceUnavailable, ResetRequest, UnknownAccount,
@@ -39,6 +44,7 @@ class GatewayParts:
     orders: OrderService | None = None
     portfolio: PortfolioService | None = None
     query: QueryService | None = None
+    accounts: Any = None  # services.accounts.AccountService: sign-up and sign-in
     extra_routes: list[Any] = field(default_factory=list)
     readiness: ReadinessCheck | None = None
     lifespan: Any = None
@@ -54,17 +60,30 @@ def _error_handlers(app: FastAPI) -> None:
         return validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
         message = {404: "no such route", 405: "method not allowed on this route"}.get(
             exc.status_code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path
+            # only; /v1/orders is three routes.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message,
-                        headers=dict(exc.headers or {})).response()
+                        headers=headers).response()
 
     @app.exception_handler(DependencyUnavailable)
     async def dependency_down(_: Request, exc: DependencyUnavailable):
         return ApiError(503, "dependency_unavailable", str(exc),
                         headers={"Retry-After": "1"}).response()
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _trace_context(traceparent: str | None) -> dict[str, str]:
@@ -74,8 +93,20 @@ def _trace_context(traceparent: str | None) -> dict[str, str]:
     return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
 
 
+class _BearerHeader(HTTPBearer):
+    """The HTTP bearer scheme in the document; the raw header to current_user
+    (which answers every problem with it in the error envelope)."""
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        return request.headers.get("authorization")
+
+
+_bearer = _BearerHeader(scheme_name="bearerAuth", bearerFormat="JWT",
+                        description="`mocktrade token USER` prints one", auto_error=False)
+
+
 async def current_user(request: Request,
-                       authorization: Annotated[str | None, Header()] = None) -> str:
+                       authorization: Annotated[str | None, Security(_bearer)] = None) -> str:
     """The authenticated caller, after their rate limit allows the request.
 
     `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
@@ -101,11 +132,13 @@ User = Annotated[str, Depends(current_user)]
 
 def create_app(parts: GatewayParts) -> FastAPI:
     app = FastAPI(title="mocktrade", version="0.1.0", openapi_url="/v1/openapi.json",
-                  docs_url="/v1/docs", redoc_url=None, lifespan=parts.lifespan,
-                  default_response_class=JsonResponse,
+                  docs_url=None, redoc_url=None, lifespan=parts.lifespan,
+                  default_response_class=JsonResponse, redirect_slashes=False,
                   description="Mock stock trading: orders, portfolios, trade history, "
                               "volume analytics and live prices (WebSocket /v1/marketdata).")
     _error_handlers(app)
+    # Swagger UI (/v1/docs) and Redoc (/v1/redoc) from vendored assets: offline.
+    app.router.routes.extend(docs_routes(app.openapi_url, app.title))
 
     app.state.parts = parts
 
@@ -126,26 +159,83 @@ def create_app(parts: GatewayParts) -> FastAPI:
         _portfolio_routes(app, parts.portfolio)
     if parts.query is not None:
         _query_routes(app, parts.query)
+    if parts.accounts is not None:
+        from .account_routes import account_routes
+        account_routes(app, parts.accounts)
     for route in parts.extra_routes:
         app.router.routes.append(route)
+    app.openapi = lambda: _openapi(app, parts)  # type: ignore[method-assign]
     return app
 
 
+def _openapi(app: FastAPI, parts: GatewayParts) -> dict[str, Any]:
+    """FastAPI's document, made exact: no 422 validation answers (the server
+    answers 400), the request schemas with every constraint the server
+    enforces, and the error envelope for unknown routes and wrong methods."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+    components = document.setdefault("components", {})
+    found = components.setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        found.pop(name, None)
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            answers = operation.get("responses", {})
+            if "HTTPValidationError" in str(answers.get("422", {})):
+                del answers["422"]
+                answers.setdefault("400", {"description": "Invalid request: a parameter or "
+                                                          "the body breaks the contract"})
+            if "requestBody" in operation:
+                answers.setdefault("400", {"description": "Invalid request: the body breaks "
+                                                          "the contract"})
+            for status, answer in answers.items():
+                if status[:1] in ("4", "5") and "content" not in answer:
+                    # Every error is an ApiError: the envelope.
+                    answer["content"] = {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/ErrorResponse"}}}
+    symbols = sorted(getattr(parts.orders or parts.query, "_symbols", None) or ())
+    found.update(schemas.order_request_schemas(symbols))
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "symbol" and symbols:
+                    parameter["schema"]["examples"] = symbols[:3]
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    components["responses"] = {
+        "UnknownRoute": {"description": "Any path not in this document: 404 with the error "
+                                        "envelope, code not_found", "content": envelope},
+        "MethodNotAllowed": {"description": "A method not documented for a path: 405 with the "
+                                            "error envelope, code method_not_allowed, and Allow",
+                             "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
+                             "content": envelope}}
+    app.openapi_schema = document
+    return document
+
+
 def _order_routes(app: FastAPI, orders: OrderService) -> None:
-    @app.post("/v1/orders", status_code=202, tags=["orders"],
+    @app.post("/v1/orders", status_code=202, tags=["orders"], response_model=schemas.OrderAccepted,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": OrderRequest.model_json_schema()}}}},
-              responses={400: {"description": "malformed order"}, 401: {"description": "no or bad token"},
-                         402: {"description": "insufficient buying power at the latest price"},
-                         409: {"description": "idempotency key reused with another body, or "
-                                              "clientOrderId already used"},
-                         422: {"description": "insufficient shares available to sell"},
-                         429: {"description": "rate limited"},
-                         503: {"description": "a dependency is down; nothing was published"}})
+                  "schema": {"$ref": "#/components/schemas/OrderRequest"}}}}},
+              responses={202: {"description": "Accepted and published; it executes (or rests) "
+                                              "asynchronously",
+                               "headers": {"Idempotent-Replayed": {
+                                   "description": "true: answered from an earlier request with "
+                                                  "the same X-Idempotency-Key",
+                                   "schema": {"type": "string", "enum": ["true"]}}}},
+                         **schemas.errors(400, 401, 402, 403, 409, 422, 429, 503,
+                                          e400="Malformed order, or unknown symbol",
+                                          e403="The user has no account",
+                                          e409="X-Idempotency-Key reused with another body, or "
+                                               "clientOrderId already used",
+                                          e422="Insufficient shares available to sell",
+                                          e503="A dependency is down, or no price for the symbol "
+                                               "yet; nothing was published")})
     async def place_order(request: Request, user_id: User,
                           x_idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
                           traceparent: Annotated[str | None, Header()] = None):
-        body = await parse_body(request, OrderRequest)
+        body = await parse_body(request, OrderRequest, schemas.check_order_body)
         try:
             accepted = await orders.place(user_id, body, x_idempotency_key,
                                           _trace_context(traceparent))
@@ -173,7 +263,9 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
             answer["clientOrderId"] = body.clientOrderId
         return JsonResponse(answer, status_code=202, headers=headers)
 
-    @app.get("/v1/orders", tags=["orders"])
+    @app.get("/v1/orders", tags=["orders"], response_model=schemas.OrderPage,
+             responses=schemas.errors(*schemas.AUTHENTICATED,
+                                      e400="Invalid parameter, or a pageToken not issued here"))
     async def list_orders(
         user_id: User,
         status: Literal["open", "closed", "all"] = "all",
@@ -197,16 +289,26 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
         except InvalidPageToken as exc:
             raise ApiError(400, "invalid_request", str(exc), "pageToken") from None
 
-    @app.get("/v1/orders/{orderId}", tags=["orders"])
-    async def get_order(user_id: User, order_id: Annotated[str, Path(alias="orderId", max_length=64)]):
+    @app.get("/v1/orders/{orderId}", tags=["orders"], response_model=schemas.OrderDetail,
+             responses=schemas.errors(400, 401, 404, 429, 503, e404="No such order of yours"))
+    async def get_order(user_id: User,
+                        order_id: Annotated[str, Path(alias="orderId", min_length=1, max_length=64)]):
         try:
             return JsonResponse(order_detail(await orders.order(user_id, order_id)))
         except OrderNotFound as exc:
             raise ApiError(404, "not_found", str(exc), "orderId") from None
 
-    @app.delete("/v1/orders/{orderId}", status_code=202, tags=["orders"])
+    @app.delete("/v1/orders/{orderId}", status_code=202, tags=["orders"],
+                response_model=schemas.Order,
+                responses={202: {"description": "Cancel requested: the order as it reads until "
+                                               "the cancel is decided (status PENDING_CANCEL); "
+                                               "the order stays readable"},
+                           **schemas.errors(400, 401, 404, 422, 429, 503,
+                                            e404="No such order of yours",
+                                            e422="The order is final and cannot be canceled")})
     async def cancel_order(user_id: User,
-                           order_id: Annotated[str, Path(alias="orderId", max_length=64)]):
+                           order_id: Annotated[str, Path(alias="orderId", min_length=1,
+                                                         max_length=64)]):
         try:
             return JsonResponse(await orders.cancel(user_id, order_id), status_code=202)
         except OrderNotFound as exc:
@@ -215,13 +317,18 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
             raise ApiError(422, "order_not_cancelable", str(exc), "status",
                            extra={"status": exc.status}) from None
 
-    @app.delete("/v1/orders", status_code=202, tags=["orders"])
+    @app.delete("/v1/orders", status_code=202, tags=["orders"], response_model=schemas.CancelAll,
+                responses=schemas.errors(401, 429, 503))
     async def cancel_all_orders(user_id: User):
         return JsonResponse({"orders": await orders.cancel_all(user_id)}, status_code=202)
 
-    @app.post("/v1/account/reset", status_code=202, tags=["account"])
+    @app.post("/v1/account/reset", status_code=202, tags=["account"],
+              response_model=schemas.ResetAccepted,
+              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/ResetRequest"}}}}},
+              responses=schemas.errors(400, 401, 403, 429, 503, e403="The user has no account"))
     async def reset_account(request: Request, user_id: User):
-        body = await parse_optional_body(request, ResetRequest)
+        body = await parse_optional_body(request, ResetRequest, schemas.check_reset_body)
         try:
             return JsonResponse(await orders.reset(user_id, body.cash), status_code=202)
         except rules.OrderRejected as exc:
@@ -237,9 +344,9 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
 
 
 def _portfolio_routes(app: FastAPI, portfolio: PortfolioService) -> None:
-    @app.get("/v1/portfolio/{userId}", tags=["portfolio"],
-             responses={403: {"description": "another user's portfolio"},
-                        404: {"description": "unknown user"}})
+    @app.get("/v1/portfolio/{userId}", tags=["portfolio"], response_model=schemas.Portfolio,
+             responses=schemas.errors(401, 403, 404, 429, 503, e403="Another user's portfolio",
+                                      e404="No portfolio for this user"))
     async def get_portfolio(user_id: User, owner: Annotated[str, Path(alias="userId")]):
         if owner != user_id:
             raise ApiError(403, "forbidden", "a portfolio is visible to its owner only", "userId")
@@ -250,14 +357,24 @@ def _portfolio_routes(app: FastAPI, portfolio: PortfolioService) -> None:
 
 
 def _query_routes(app: FastAPI, query: QueryService) -> None:
-    @app.get("/v1/trades/search", tags=["trades"])
+    from .bars_routes import add_bars_route
+    add_bars_route(app, query, User)
+
+    @app.get("/v1/trades/search", tags=["trades"], response_model=schemas.TradePage,
+             responses=schemas.errors(*schemas.AUTHENTICATED,
+                                      e400="Invalid parameter, startDate not before endDate, or a "
+                                           "pageToken not issued here"))
     async def search_trades(
         user_id: User,
         symbol: Annotated[str | None, Query(max_length=16)] = None,
         status: ExecutionStatus | None = None,
         side: Side | None = None,
-        start_date: Annotated[datetime | None, Query(alias="startDate")] = None,
-        end_date: Annotated[datetime | None, Query(alias="endDate")] = None,
+        start_date: Annotated[str | None, Query(
+            alias="startDate", pattern=schemas.DATE_TIME_PATTERN,
+            description="RFC 3339 with an offset, e.g. 2026-01-02T15:04:05Z")] = None,
+        end_date: Annotated[str | None, Query(
+            alias="endDate", pattern=schemas.DATE_TIME_PATTERN,
+            description="RFC 3339 with an offset; after startDate")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
         page_token: Annotated[str | None, Query(alias="pageToken", max_length=512)] = None,
     ):
@@ -271,17 +388,20 @@ def _query_routes(app: FastAPI, query: QueryService) -> None:
         except InvalidPageToken as exc:
             raise ApiError(400, "invalid_request", str(exc), "pageToken") from None
 
-    @app.get("/v1/analytics/volume", tags=["analytics"])
+    @app.get("/v1/analytics/volume", tags=["analytics"], response_model=schemas.Volume,
+             responses=schemas.errors(*schemas.AUTHENTICATED))
     async def volume(user_id: User,
                      time_window: Annotated[Literal["1h", "24h", "7d"], Query(alias="timeWindow")] = "24h",
                      symbol: Annotated[str | None, Query(max_length=16)] = None):
         return JsonResponse(await query.volume(time_window, symbol.upper() if symbol else None))
 
-    @app.get("/v1/prices", tags=["prices"])
+    @app.get("/v1/prices", tags=["prices"], response_model=schemas.Prices,
+             responses=schemas.errors(503))
     async def prices():
         return JsonResponse(await query.prices())
 
-    @app.get("/v1/prices/{symbol}", tags=["prices"])
+    @app.get("/v1/prices/{symbol}", tags=["prices"], response_model=schemas.Price,
+             responses=schemas.errors(404, 503, e404="No price for this symbol"))
     async def price(symbol: str):
         try:
             return JsonResponse(await query.price(symbol.upper()))
@@ -293,7 +413,13 @@ def _replayed(exc: Exception) -> dict[str, str] | None:
     return {"Idempotent-Replayed": "true"} if getattr(exc, "replayed", False) else None
 
 
-def _utc(moment: datetime | None, name: str) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
+def _utc(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: not a valid date and time", name) from None
+    if moment.tzinfo is None:
         raise ApiError(400, "invalid_request", f"{name} must include a UTC offset, e.g. Z", name)
     return moment

@@ -76,8 +76,9 @@ class IngestionService:
     async def _ingest(self, feed: websockets.ClientConnection) -> None:
         while True:
             frame = await asyncio.wait_for(feed.recv(), self._stale_after)
-            for tick in self._ticks_of(frame):
-                await self._publish(tick)
+            ticks = self._ticks_of(frame)
+            if ticks:
+                await self._publish(ticks)
 
     def _ticks_of(self, frame: str | bytes) -> list[PriceTick]:
         try:
@@ -101,21 +102,25 @@ class IngestionService:
         log.warning("malformed feed tick skipped",
                     extra={"reason": str(error), "tick": repr(what)[:300], "feedUrl": self.feed_url})
 
-    async def _publish(self, tick: PriceTick) -> None:
-        """Publish, waiting out an unavailable log rather than losing the tick.
+    async def _publish(self, ticks: list[PriceTick]) -> None:
+        """Publish a frame's ticks as one batch (one round trip, not one per
+        tick; each symbol's ticks keep their order), waiting out an
+        unavailable log rather than losing them.
 
         While we wait the feed backs up; if the feed drops us for it, the
-        reconnect loop takes over.
+        reconnect loop takes over. A retried batch may repeat ticks that were
+        written before the failure: the latest price wins, so that is harmless.
         """
-        value = encode(SOURCE_SERVICE, market_data_payload(tick))
+        batch = [(tick.symbol, encode(SOURCE_SERVICE, market_data_payload(tick)), None)
+                 for tick in ticks]
         delay = self._initial_backoff
         while True:
             try:
-                await self._event_log.publish(TOPIC_MARKET_DATA, tick.symbol, value)
+                await self._event_log.publish_many(TOPIC_MARKET_DATA, batch)
                 break
             except DependencyUnavailable as exc:
-                log.warning("event log unavailable; retrying tick",
-                            extra={"symbol": tick.symbol, "reason": str(exc)})
+                log.warning("event log unavailable; retrying ticks",
+                            extra={"ticks": len(batch), "reason": str(exc)})
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self._max_backoff)
-        self.ticks_published += 1
+        self.ticks_published += len(batch)

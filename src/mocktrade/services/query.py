@@ -53,6 +53,11 @@ class QueryService:
                          "notional": fmt(r.notional)} for r in rows],
         }
 
+    async def bars(self, symbol: str, **request: str | None) -> dict[str, Any]:
+        """GET /v1/bars/{symbol}: see services.bars (timeframe, start, end, limit, page_token)."""
+        from .bars import bars_page
+        return await bars_page(self._analytics, self._symbols, self._clock(), symbol, **request)
+
     async def prices(self) -> dict[str, Any]:
         ticks = await self._prices.all_prices()
         return {"prices": [price_view(ticks[s]) for s in sorted(ticks)]}

@@ -13,9 +13,9 @@ See infra/README.md for where each comes from, ports and measured costs.
 
 from .artifacts import ArtifactError
 from .engines import DEFAULT_PORTS, ENGINES, REFERENCE_TOPICS
-from .manager import EngineStatus, StackError, connection_env, down, status, up
+from .manager import EngineStatus, StackError, connection_env, down, planned_ports, status, up
 
 __all__ = [
     "ArtifactError", "DEFAULT_PORTS", "ENGINES", "EngineStatus", "REFERENCE_TOPICS", "StackError",
-    "connection_env", "down", "status", "up",
+    "connection_env", "down", "planned_ports", "status", "up",
 ]

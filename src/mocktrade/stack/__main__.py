@@ -1,7 +1,9 @@
-"""python -m mocktrade.stack up|down|status|env [--dir DIR] [--engines a,b] [--port key=N ...]
+"""python -m mocktrade.stack up|down|status|env|kafka [--dir DIR] [--engines a,b] [--port key=N ...]
 
-A stand-alone front for the functions in mocktrade.stack, until the
-`mocktrade stack` sub-command hooks them in.
+`kafka TOOL [ARGS...]` runs one of Kafka's command-line tools (console-consumer,
+consumer-groups, topics, ...) against the stack's broker; see kafka_tools.py.
+
+The front of `mocktrade stack` (and of python -m mocktrade.stack).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from . import DEFAULT_PORTS, ENGINES, StackError, connection_env, down, status, up
+from . import DEFAULT_PORTS, ENGINES, ArtifactError, StackError, connection_env, down, status, up
 
 
 def _parse_ports(values: list[str]) -> dict[str, int]:
@@ -25,9 +27,45 @@ def _parse_ports(values: list[str]) -> dict[str, int]:
     return ports
 
 
+def _kafka_tool(argv: list[str]) -> int:
+    """`kafka [--dir DIR] TOOL [ARGS...]`: everything after TOOL goes to the tool."""
+    from pathlib import Path
+
+    from . import kafka_tools
+
+    stack_dir = ".mocktrade/stack"
+    while argv and argv[0].startswith("--dir"):
+        if argv[0] == "--dir" and len(argv) > 1:
+            stack_dir, argv = argv[1], argv[2:]
+        elif argv[0].startswith("--dir="):
+            stack_dir, argv = argv[0].split("=", 1)[1], argv[1:]
+        else:
+            break
+    if not argv or argv[0] in ("-h", "--help"):
+        print(kafka_tools.usage(), file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    tool, args = argv[0], argv[1:]
+    try:
+        kafka = status(stack_dir, ["kafka"])[0]
+        if not kafka.healthy:
+            raise StackError(f"kafka is not running in {Path(stack_dir).resolve()} ({kafka.detail}): "
+                             f"start it with `mocktrade stack up`")
+        return kafka_tools.run(Path(stack_dir).resolve(), tool, args, kafka.env["MOCKTRADE_KAFKA_BOOTSTRAP"])
+    except (kafka_tools.ToolError, ArtifactError) as exc:
+        raise StackError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "kafka":
+        try:
+            return _kafka_tool(argv[1:])
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     parser = argparse.ArgumentParser(prog="python -m mocktrade.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("up", "down", "status", "env"))
+    parser.add_argument("action", choices=("up", "down", "status", "env", "kafka"),
+                        help="kafka TOOL [ARGS...]: one of Kafka's command-line tools against the stack")
     parser.add_argument("--dir", default=".mocktrade/stack", help="stack directory (default .mocktrade/stack)")
     parser.add_argument("--engines", help=f"comma-separated subset of {','.join(ENGINES)}")
     parser.add_argument("--port", action="append", default=[], metavar="KEY=PORT",

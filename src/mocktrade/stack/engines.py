@@ -229,7 +229,9 @@ class DynamoDB(Engine):
     name = "dynamodb"
     implementation = "moto 5.2.5 server (DynamoDB API): serialised, snapshot + journal"
     port_keys = ("dynamodb",)
-    default_ports = (8001,)
+    # Not 8001 (8000-8099 is where `up --distributed` puts its services: the
+    # gateway's port plus offsets; see launcher.LAYOUT).
+    default_ports = (9400,)
     startup_timeout = 120.0  # includes loading the snapshot and replaying the journal
     stop_grace = 30.0  # a clean stop writes a snapshot
 
@@ -247,8 +249,9 @@ class DynamoDB(Engine):
         return env
 
     def probe(self, ctx: EngineContext) -> str:
-        tables = probes.dynamodb_list_tables(self._endpoint(ctx))
-        return f"{len(tables)} tables"
+        region = os.environ.get("MOCKTRADE_DYNAMODB_REGION") or probes.DEFAULT_DYNAMODB_REGION
+        tables = probes.dynamodb_list_tables(self._endpoint(ctx), region)
+        return f"{len(tables)} tables in {region}"
 
     def _endpoint(self, ctx: EngineContext) -> str:
         return f"http://{HOST}:{ctx.ports['dynamodb']}"

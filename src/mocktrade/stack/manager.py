@@ -146,7 +146,8 @@ def _start_and_wait(stack_dir: Path, items: list[tuple[Engine, EngineContext]]) 
         for engine, ctx in items:
             for key, port in ctx.ports.items():
                 if probes.tcp_open(HOST, port):
-                    raise StackError(f"{engine.name}: port {port} ({key}) is already in use by another process")
+                    from ..portcheck import owner
+                    raise StackError(f"{engine.name}: port {port} ({key}) is already in use by {owner(port)}")
         for _engine, ctx in items:
             ctx.directory.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=len(items)) as pool:  # mvn, pip and apt-get at once
@@ -240,6 +241,14 @@ def status(stack_dir: str | Path, engines: Iterable[str] | None = None) -> list[
             rss_kib=processes.rss_kib(record) if record else None, log=str(ctx.log),
             env=engine.env(ctx)))
     return report
+
+
+def planned_ports(stack_dir: str | Path, engines: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """engine -> {port key: port} that `up` would use (or uses, if running); no probing."""
+    stack_dir = Path(stack_dir).resolve()
+    state = _load_state(stack_dir)
+    return {name: _ports_for(ENGINES[name](), {}, state["engines"].get(name, {}).get("ports", {}))
+            for name in _engine_names(engines)}
 
 
 def connection_env(stack_dir: str | Path, engines: Iterable[str] | None = None) -> dict[str, str]:

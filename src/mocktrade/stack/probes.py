@@ -58,23 +58,30 @@ def http_json(method: str, url: str, body: dict | None = None, headers: dict | N
 
 
 # Unsigned-looking but well-formed SigV4 header: the local engine routes on the
-# credential scope (service, region) and does not verify signatures.
-DYNAMODB_LOCAL_AUTH = (
-    "AWS4-HMAC-SHA256 Credential=mocktrade/20260101/us-east-1/dynamodb/aws4_request, "
-    "SignedHeaders=host;x-amz-target, Signature=0"
-)
+# credential scope (service, region) and does not verify signatures. Tables
+# live per region: ask in the one the platform uses (MOCKTRADE_DYNAMODB_REGION).
+DEFAULT_DYNAMODB_REGION = "us-east-1"
 
 
-def dynamodb_call(endpoint: str, operation: str, body: dict, timeout: float = 5.0) -> tuple[int, dict]:
+def dynamodb_local_auth(region: str = DEFAULT_DYNAMODB_REGION) -> str:
+    return (f"AWS4-HMAC-SHA256 Credential=mocktrade/20260101/{region}/dynamodb/aws4_request, "
+            "SignedHeaders=host;x-amz-target, Signature=0")
+
+
+DYNAMODB_LOCAL_AUTH = dynamodb_local_auth()
+
+
+def dynamodb_call(endpoint: str, operation: str, body: dict, timeout: float = 5.0,
+                  region: str = DEFAULT_DYNAMODB_REGION) -> tuple[int, dict]:
     return http_json("POST", endpoint.rstrip("/") + "/", body, {
         "X-Amz-Target": f"DynamoDB_20120810.{operation}",
         "Content-Type": "application/x-amz-json-1.0",
-        "Authorization": DYNAMODB_LOCAL_AUTH,
+        "Authorization": dynamodb_local_auth(region),
     }, timeout=timeout)
 
 
-def dynamodb_list_tables(endpoint: str) -> list[str]:
-    status, answer = dynamodb_call(endpoint, "ListTables", {})
+def dynamodb_list_tables(endpoint: str, region: str = DEFAULT_DYNAMODB_REGION) -> list[str]:
+    status, answer = dynamodb_call(endpoint, "ListTables", {}, region=region)
     if status != 200 or "TableNames" not in answer:
         raise ProbeFailed(f"dynamodb: ListTables answered {status} {answer}")
     return answer["TableNames"]

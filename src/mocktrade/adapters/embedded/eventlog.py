@@ -27,7 +27,7 @@ from typing import Literal, Mapping, Sequence
 import orjson
 
 from ...domain.model import utc_now
-from ...ports import LogRecord, offsets_after
+from ...ports import LogRecord, OutgoingRecord, offsets_after
 from ._sqlite import connect, from_micros, to_micros, write_transaction
 from .wakeup import CrossProcessWakeup
 
@@ -40,7 +40,6 @@ FALLBACK_POLL_INTERVAL = 0.05
 # Retention deletes in slices so that the event loop is never held for long.
 RETENTION_SLICE = 5_000
 
-OutgoingRecord = tuple[str, bytes, Mapping[str, str] | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_topics (
@@ -70,10 +69,6 @@ CREATE TABLE IF NOT EXISTS log_group_offsets (
 # partition's highest offset (one primary-key seek): correct with several
 # writing processes and cheaper than keeping a counter row. Retention never
 # deletes a partition's newest record, so the numbering never restarts.
-_APPEND_ONE = (
-    "INSERT INTO log_records (topic, part, log_offset, key, value, headers, timestamp_us) "
-    "SELECT ?1, ?2, coalesce(max(log_offset) + 1, 0), ?3, ?4, ?5, ?6 "
-    "FROM log_records WHERE topic = ?1 AND part = ?2")
 _APPEND = (
     "INSERT INTO log_records (topic, part, log_offset, key, value, headers, timestamp_us) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -97,6 +92,8 @@ class SqliteEventLog:
         # One event per topic that has a waiting consumer; a publish sets and
         # drops it, so the next wait gets a fresh one.
         self._wakeups: dict[str, asyncio.Event] = {}
+        # Publishes waiting for this loop turn's group commit.
+        self._pending: list[tuple[tuple, asyncio.Future]] = []
         # Consumers in other processes (a job process beside the HTTP one)
         # are woken by a datagram; see wakeup.py.
         self._peers = CrossProcessWakeup(Path(path).parent / "wakeups", self._wake_here)
@@ -106,12 +103,40 @@ class SqliteEventLog:
 
     async def publish(self, topic: str, key: str, value: bytes,
                       headers: Mapping[str, str] | None = None) -> None:
-        partition = partition_for(key, self.partitions(topic))
-        with write_transaction(self._conn, "event log") as conn:
-            conn.execute(_APPEND_ONE, (topic, partition, key, value,
-                                       orjson.dumps(dict(headers)) if headers else None,
-                                       time.time_ns() // 1000))
-        self._wake(topic)
+        """Group commit: every publish of one loop turn is written in one
+        transaction, and each caller returns once that transaction has
+        committed (so a 202 sent after it still means durable)."""
+        row = (topic, partition_for(key, self.partitions(topic)), key, value,
+               orjson.dumps(dict(headers)) if headers else None)
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((row, done))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_pending)
+        await done
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        now = time.time_ns() // 1000
+        try:
+            with write_transaction(self._conn, "event log") as conn:
+                ends: dict[tuple[str, int], int] = {}
+                for (topic, partition, key, value, headers), _ in pending:
+                    slot = (topic, partition)
+                    offset = ends[slot] if slot in ends else self._end(conn, topic, partition)
+                    conn.execute(_APPEND, (topic, partition, offset, key, value, headers, now))
+                    ends[slot] = offset + 1
+        except BaseException as exc:
+            for _, done in pending:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, done in pending:
+            if not done.done():
+                done.set_result(None)
+        for topic in {row[0] for row, _ in pending}:
+            self._wake(topic)
 
     async def publish_many(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
         """Publish a batch in one transaction; each record keeps its key's order.

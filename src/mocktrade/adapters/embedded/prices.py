@@ -46,10 +46,14 @@ class PriceSubscriptionQueue(BoundedSubscription):
 class EmbeddedPriceCache:
     """ports.PriceCache in memory, persisted to SQLite; see the module docstring."""
 
-    def __init__(self, path: str | Path, subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER):
+    def __init__(self, path: str | Path, subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+                 *, read_file: bool = False):
+        """`read_file`: another process sets the prices (the embedded jobs
+        process beside the HTTP one), so reads go to the file, not memory."""
         if subscriber_buffer < 1:
             raise ValueError("subscriber_buffer must be at least 1")
         self._buffer = subscriber_buffer
+        self._read_file = read_file
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         self._latest: dict[str, PriceTick] = {
@@ -70,9 +74,17 @@ class EmbeddedPriceCache:
             subscriber.offer(tick)
 
     async def get_price(self, symbol: str) -> PriceTick | None:
+        if self._read_file:
+            row = self._conn.execute("SELECT price, feed_timestamp FROM latest_prices WHERE symbol = ?",
+                                     (symbol,)).fetchone()
+            return PriceTick(symbol, dec(row[0]), parse_time(row[1], "feed_timestamp")) if row else None
         return self._latest.get(symbol)
 
     async def all_prices(self) -> dict[str, PriceTick]:
+        if self._read_file:
+            return {symbol: PriceTick(symbol, dec(price), parse_time(ts, "feed_timestamp"))
+                    for symbol, price, ts in self._conn.execute(
+                        "SELECT symbol, price, feed_timestamp FROM latest_prices")}
         return dict(self._latest)
 
     def subscribe(self) -> PriceSubscriptionQueue:
