@@ -75,7 +75,7 @@ def filter_failure(context, failure, case, response):
         error = _error(response)
         if error.get("field") == "pageToken" and (case.query or {}).get("pageToken"):
             return False
-        if error.get("message") == "startDate must be before endDate":
+        if error.get("message") in ("startDate must be before endDate", "start must be before end"):
             return False
     if code == "ST301" and response.status_code == 200:
         free, usage = getattr(failure, "free", ""), getattr(failure, "usage", "")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -49,6 +49,12 @@ class UnknownSymbol(LookupError):
     pass
 
 
+# The times the analytics engine stores (ClickHouse DateTime64 reaches 1900 to
+# 2299); a window reaching past them is cut to them: no bar lies outside.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2262, 1, 1, tzinfo=timezone.utc)
+
+
 def parse_instant(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
@@ -59,7 +65,10 @@ def parse_instant(value: str | None, field: str) -> datetime | None:
                                         f"2026-01-02T15:04:05Z") from None
     if moment.tzinfo is None:
         raise InvalidBarsRequest(field, f"{field} must include a UTC offset, e.g. Z")
-    return moment
+    try:
+        return min(max(moment.astimezone(timezone.utc), EARLIEST), LATEST)
+    except OverflowError:  # an offset that moves year 1 or 9999 out of range
+        return EARLIEST if moment.year < 2000 else LATEST
 
 
 def parse_limit(value: str | None) -> int:
@@ -111,6 +120,9 @@ async def bars_page(analytics: Analytics, symbols: frozenset[str], now: datetime
     until = parse_instant(end, "end") or from_epoch(bucket_floor(now, seconds) + seconds)
     count = parse_limit(limit)
     if since is not None and since >= until:
+        if start is not None and end is not None and \
+                datetime.fromisoformat(start) < datetime.fromisoformat(end):
+            return {"symbol": symbol, "timeframe": name, "bars": [], "nextPageToken": None}
         raise InvalidBarsRequest("start", "start must be before end")
     if symbol not in symbols:
         raise UnknownSymbol(f"unknown symbol {symbol}")

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from ..console import docs_routes
 from ..domain import rules
@@ -114,7 +114,10 @@ async def current_user(request: Request,
     (and would let two threads update the rate limiter's buckets at once).
     Nothing in here blocks: a JWT check and an in-memory token bucket.
     """
-    parts: GatewayParts = request.app.state.parts
+    return authenticate(request.app.state.parts, authorization)
+
+
+def authenticate(parts: GatewayParts, authorization: str | None) -> str:
     try:
         user_id = parts.tokens.user_of(authorization)
     except Unauthorized as exc:
@@ -214,6 +217,36 @@ def _openapi(app: FastAPI, parts: GatewayParts) -> dict[str, Any]:
     return document
 
 
+async def _place(orders: OrderService, request: Request, user_id: str,
+                 idempotency_key: str | None, traceparent: str | None) -> JsonResponse:
+    body = await parse_body(request, OrderRequest, schemas.check_order_body)
+    try:
+        accepted = await orders.place(user_id, body, idempotency_key, _trace_context(traceparent))
+    except rules.InsufficientFunds as exc:
+        raise ApiError(402, "insufficient_funds", str(exc), exc.field,
+                       headers=_replayed(exc)) from None
+    except rules.InsufficientShares as exc:
+        raise ApiError(422, "insufficient_shares", str(exc), exc.field,
+                       headers=_replayed(exc)) from None
+    except rules.OrderRejected as exc:
+        raise ApiError(400, "invalid_order", str(exc), exc.field) from None
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), "X-Idempotency-Key") from None
+    except ClientOrderIdTaken as exc:
+        raise ApiError(409, "client_order_id_taken", str(exc), "clientOrderId",
+                       extra={"orderId": exc.order_id}) from None
+    except UnknownAccount as exc:
+        raise ApiError(403, "no_account", str(exc)) from None
+    except PriceUnavailable as exc:
+        raise ApiError(503, "price_unavailable", str(exc), "symbol",
+                       headers={"Retry-After": "1"}) from None
+    headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
+    answer = {"orderId": accepted.order_id, "status": "ACCEPTED"}
+    if body.clientOrderId is not None:
+        answer["clientOrderId"] = body.clientOrderId
+    return JsonResponse(answer, status_code=202, headers=headers)
+
+
 def _order_routes(app: FastAPI, orders: OrderService) -> None:
     @app.post("/v1/orders", status_code=202, tags=["orders"], response_model=schemas.OrderAccepted,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
@@ -235,33 +268,23 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
     async def place_order(request: Request, user_id: User,
                           x_idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
                           traceparent: Annotated[str | None, Header()] = None):
-        body = await parse_body(request, OrderRequest, schemas.check_order_body)
-        try:
-            accepted = await orders.place(user_id, body, x_idempotency_key,
-                                          _trace_context(traceparent))
-        except rules.InsufficientFunds as exc:
-            raise ApiError(402, "insufficient_funds", str(exc), exc.field,
-                           headers=_replayed(exc)) from None
-        except rules.InsufficientShares as exc:
-            raise ApiError(422, "insufficient_shares", str(exc), exc.field,
-                           headers=_replayed(exc)) from None
-        except rules.OrderRejected as exc:
-            raise ApiError(400, "invalid_order", str(exc), exc.field) from None
-        except IdempotencyConflict as exc:
-            raise ApiError(409, "idempotency_conflict", str(exc), "X-Idempotency-Key") from None
-        except ClientOrderIdTaken as exc:
-            raise ApiError(409, "client_order_id_taken", str(exc), "clientOrderId",
-                           extra={"orderId": exc.order_id}) from None
-        except UnknownAccount as exc:
-            raise ApiError(403, "no_account", str(exc)) from None
-        except PriceUnavailable as exc:
-            raise ApiError(503, "price_unavailable", str(exc), "symbol",
-                           headers={"Retry-After": "1"}) from None
-        headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
-        answer = {"orderId": accepted.order_id, "status": "ACCEPTED"}
-        if body.clientOrderId is not None:
-            answer["clientOrderId"] = body.clientOrderId
-        return JsonResponse(answer, status_code=202, headers=headers)
+        return await _place(orders, request, user_id, x_idempotency_key, traceparent)
+
+    async def place_order_thin(request: Request) -> JsonResponse:
+        """What serves POST /v1/orders: the route above, without FastAPI's
+        per-request dependency solving (the hottest route's largest fixed
+        cost). The route above stays for the OpenAPI document; this one is
+        matched first. Same checks, same answers."""
+        user_id = authenticate(request.app.state.parts, request.headers.get("authorization"))
+        key = request.headers.get("x-idempotency-key")
+        if key is not None and len(key) > 128:
+            raise ApiError(400, "invalid_request",
+                           "x-idempotency-key: String should have at most 128 characters",
+                           "x-idempotency-key")
+        return await _place(orders, request, user_id, key, request.headers.get("traceparent"))
+
+    app.router.routes.insert(0, Route("/v1/orders", place_order_thin, methods=["POST"],
+                                      include_in_schema=False))
 
     @app.get("/v1/orders", tags=["orders"], response_model=schemas.OrderPage,
              responses=schemas.errors(*schemas.AUTHENTICATED,
