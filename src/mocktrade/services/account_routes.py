@@ -13,6 +13,7 @@ from ..domain.money import AmountError, parse_cash
 from ..ports import AccountExists
 from .accounts import (MAX_PASSWORD, MIN_PASSWORD, AccountError, AccountService, BadCredentials,
                        SignupClosed, TooManyAttempts)
+from . import schemas
 from .http import ApiError, JsonResponse, parse_body
 from .ratelimit import RateLimiter
 
@@ -45,13 +46,17 @@ def account_routes(app: FastAPI, accounts: AccountService) -> None:
         """Whether self-service sign-up is open here, and its cash limits."""
         return JsonResponse(accounts.options())
 
+    signup_schema = SignupRequest.model_json_schema()
+    signup_schema["properties"]["cash"] = schemas.starting_cash_schema(
+        accounts.policy.max_starting_cash)
+
     @app.post("/v1/auth/token", tags=["auth"],
-              responses={401: {"description": "wrong username or password"},
-                         429: {"description": "too many failed attempts for this user or address"}})
+              responses=schemas.errors(400, 401, 429, e401="Wrong username or password",
+                                       e429="Too many failed attempts for this user or address"))
     async def sign_in(request: Request,
                       username: Annotated[str, Form(min_length=1, max_length=64)],
                       password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD)],
-                      grant_type: Annotated[str | None, Form(pattern="^password$")] = None):
+                      grant_type: Annotated[str, Form(pattern="^password$")] = "password"):
         """OAuth2 password grant (the form FastAPI's OAuth2PasswordRequestForm
         reads): the bearer token for a username and password."""
         address = request.client.host if request.client else "unknown"
@@ -66,12 +71,12 @@ def account_routes(app: FastAPI, accounts: AccountService) -> None:
 
     @app.post("/v1/accounts", status_code=201, tags=["auth"],
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": SignupRequest.model_json_schema()}}}},
-              responses={403: {"description": "sign-up is off on this deployment"},
-                         409: {"description": "the username is taken"}})
+                  "schema": signup_schema}}}},
+              responses=schemas.errors(400, 403, 409, e403="Sign-up is off on this deployment",
+                                       e409="The username is taken"))
     async def sign_up(request: Request):
         """Self-service sign-up: an account with a password and starting cash."""
-        body = await parse_body(request, SignupRequest)
+        body = await parse_body(request, SignupRequest, schemas.check_reset_body)
         try:
             created = await accounts.sign_up(body.username, body.password, body.cash)
         except SignupClosed as exc:

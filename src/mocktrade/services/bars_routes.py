@@ -24,8 +24,9 @@ def add_bars_route(app: FastAPI, query: Any, user: Any) -> None:
                          f"per page, `nextPageToken` continues. Without `start`: the newest "
                          f"`limit` bars before `end` (default now). The forming bar has "
                          f"`final: false`.",
-             responses={400: {"description": "bad timeframe, start, end, limit or pageToken"},
-                        404: {"description": "unknown symbol"}})
+             responses=schemas.errors(400, 401, 404, 429, 503,
+                                      e400="Bad timeframe, start, end, limit or pageToken",
+                                      e404="Unknown symbol"))
     async def bars(_user: user, symbol: Annotated[str, Path(max_length=16)],
                    timeframe: Annotated[str | None, Query(pattern="^(" + "|".join(TIMEFRAMES) + ")$")] = None,
                    start: Annotated[str | None, Query(pattern=schemas.DATE_TIME_PATTERN,

@@ -13,6 +13,7 @@ the domain models parse the values (which accept more, e.g. "1e2" or " 5 ").
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,6 +92,28 @@ def cash_schema() -> dict[str, Any]:
     return _amount_schema(CASH_PATTERN, 2, 0, int(MAX_CASH), False,
                           f"Cash to restart with: 0 to {MAX_CASH}, up to 2 decimal places; "
                           "absent or null: the account's starting cash")
+
+
+def _at_most(maximum: int) -> str:
+    """A regex of the plain decimals from 0 to `maximum` (at most 2 places)."""
+    digits = str(maximum)
+    below = ["0"] + ([f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else [])
+    for i, d in enumerate(map(int, digits)):
+        low = 1 if i == 0 else 0
+        if d > low:
+            rest = len(digits) - i - 1
+            below.append(digits[:i] + f"[{low}-{d - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    return rf"^(?:(?:{'|'.join(below)})(?:\.[0-9]{{1,2}})?|{digits}(?:\.0{{1,2}})?)$"
+
+
+def starting_cash_schema(maximum: Decimal) -> dict[str, Any]:
+    """Sign-up's cash: 0 to the configured maximum (whole units), 2 places."""
+    top = int(maximum)
+    return {"anyOf": [{"type": "string", "pattern": _at_most(top)},
+                      {"type": "number", "minimum": 0, "maximum": top, "multipleOf": 0.01},
+                      {"type": "null"}],
+            "description": f"Starting cash, 0 to {top}, up to 2 decimal places; absent or null: "
+                           "the default in GET /v1/auth/options"}
 
 
 def symbol_input_pattern(symbols: Iterable[str] | None) -> str:
