@@ -71,8 +71,9 @@ class StandaloneFlink:
 
     def taskmanagers(self) -> int:
         try:
-            return self.rest("/overview")["taskmanagers"]
-        except httpx.HTTPError:
+            # While the JobManager starts, REST answers {"errors": [...]}.
+            return self.rest("/overview").get("taskmanagers", 0)
+        except (httpx.HTTPError, ValueError):
             return 0
 
     def start(self, timeout: float = 120) -> "StandaloneFlink":

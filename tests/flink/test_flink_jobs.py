@@ -1,7 +1,8 @@
-"""Both jobs on Flink (PyFlink, local mini-cluster) in the distributed stack.
+"""The jobs on Flink (PyFlink, local mini-cluster) in the distributed stack.
 
 `up --distributed` with MOCKTRADE_JOB_ENGINE=flink runs `mocktrade job
-execution|persistence --engine flink`; orders must execute and fill history
+execution|persistence|triggers --engine flink` (the `flink_cluster` fixture of
+conftest.py, shared with test_flink_orders.py); orders must execute and fill history
 and analytics, and a kill -9 of a Flink JVM mid-load must cost nothing: the
 job starts again from its last checkpoint, every accepted order has exactly
 one outcome, history and analytics hold no duplicates, `mocktrade verify`
@@ -19,12 +20,12 @@ import signal
 import time
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import RunningPlatform, wait_for
 from tests.e2e.conftest import verify as verify_platform
 from tests.e2e.test_distributed import Load
+from tests.flink.conftest import USERS, group_is_at_the_end
 
 pytestmark = [
     pytest.mark.e2e, pytest.mark.stack,
@@ -34,43 +35,12 @@ pytestmark = [
                        reason="MOCKTRADE_TEST_FLINK=0 leaves the Flink jobs out"),
 ]
 
-USERS = ("load1", "load2", "load3", "load4")
-
-
-@pytest.fixture(scope="module")
-def flink_cluster(real_engines, tmp_path_factory):
-    from mocktrade.jobs.flink.provision import flink_runtime
-
-    began = time.monotonic()
-    flink_runtime()  # cached after the first run
-    print(f"pyflink runtime ready after {time.monotonic() - began:.1f}s")
-    running = RunningPlatform(tmp_path_factory.mktemp("flink") / "data", engines=real_engines,
-                              env={"MOCKTRADE_JOB_ENGINE": "flink",
-                                   "MOCKTRADE_FLINK_CHECKPOINT_INTERVAL_MS": "1000"})
-    running.start(timeout=240)
-    # The gateway answers before the Flink jobs run; a job's /readyz says ok
-    # once its current run completed a checkpoint (launcher ports: base+10
-    # execution, base+4 persistence).
-    for port in (running.port + 10, running.port + 4):
-        wait_for(lambda: _ready(port), timeout=240, interval=1)
-    for user in USERS:
-        running.cli("accounts", "create", user, "--cash", "1000000.00")
-    yield running
-    running.stop()
-
 
 class PacedLoad(Load):
     """Load, paced: the DynamoDB-API engine applies only ~60-90 orders/s, so a
     test that kills a job should not leave minutes of backlog behind."""
 
     PAUSE = 0.15
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def jvm_pid(platform: RunningPlatform, job: str) -> int:
@@ -121,24 +91,7 @@ def verify(platform: RunningPlatform) -> None:
 
 
 def persistence_group_is_at_the_end(platform: RunningPlatform) -> bool:
-    """Flink commits the persistence group's offsets on each completed
-    checkpoint, by which time everything before them is written; drained,
-    they stand at the end of every trade_executed partition."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
-
-    prefix = platform.env["MOCKTRADE_TABLE_PREFIX"]
-    admin = AdminClient({"bootstrap.servers": platform.env["MOCKTRADE_KAFKA_BOOTSTRAP"]})
-    topic = prefix + "trade_executed"
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {tp.partition: info.offset for tp, f in admin.list_offsets(
-        {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}).items()
-        for info in [f.result(10)]}
-    answer = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(prefix + "trade-persistence")])
-    committed = {tp.partition: tp.offset for f in answer.values() for tp in f.result(10).topic_partitions
-                 if tp.topic == topic}
-    return all(committed.get(p, 0) >= end for p, end in ends.items() if end > 0)
+    return group_is_at_the_end(platform, "trade_executed", "trade-persistence")
 
 
 def no_duplicates_anywhere(platform: RunningPlatform) -> None:

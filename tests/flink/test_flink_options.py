@@ -141,3 +141,33 @@ def test_a_leftover_run_of_this_job_is_killed_and_a_stranger_with_a_reused_pid_i
         for process in (ours, stranger):
             process.kill()
             process.wait()
+
+
+def test_the_trigger_job_reads_ticks_from_its_group_and_every_order_update(tmp_path):
+    from mocktrade.jobs.flink.job import output_topics
+
+    settings = Settings(data_dir=tmp_path, table_prefix="p_", kafka_bootstrap="k:9092")
+    options = FlinkJobOptions.from_env("triggers", settings)
+    assert options.source_topics == ("p_market_data", "p_order_updates")
+    assert options.group == "p_trade-triggers"
+    assert options.python_mode == "thread"
+    ticks = source_table_ddl(settings, options, "market_data_source", "p_market_data", reset="latest")
+    updates = source_table_ddl(settings, options, "order_updates_source", "p_order_updates",
+                               startup="earliest-offset")
+    assert "'scan.startup.mode' = 'group-offsets'" in ticks and "'properties.auto.offset.reset' = 'latest'" in ticks
+    # Without a checkpoint to restore, the book is rebuilt from every retained update.
+    assert "'scan.startup.mode' = 'earliest-offset'" in updates
+    for ddl in (ticks, updates):
+        assert "'properties.commit.offsets.on.checkpoint' = 'true'" in ddl
+    assert output_topics("triggers") == ("order_commands", "order_updates.dlq")
+
+
+def test_the_execution_job_reads_orders_and_commands_and_writes_order_updates(tmp_path):
+    from mocktrade.jobs.flink.job import output_topics
+
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="k:9092")
+    options = FlinkJobOptions.from_env("execution", settings)
+    assert options.source_topics == ("trade_orders", "order_commands")
+    assert set(output_topics("execution")) == {"trade_executed", "order_updates", "trade_orders.dlq",
+                                               "order_commands.dlq"}
+    assert "`topic` STRING METADATA VIRTUAL" in source_table_ddl(settings, options)

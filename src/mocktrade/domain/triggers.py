@@ -71,6 +71,12 @@ class TriggerBook:
         # and the two ping-pong forever.
         self._closed: set[str] = set()
 
+    @property
+    def closed(self) -> set[str]:
+        """Orders seen final: later news of them (a replay re-emitting an old
+        OPEN) is ignored. Mutable so a runner can restore it from its state."""
+        return self._closed
+
     def __len__(self) -> int:
         return len(self._orders)
 

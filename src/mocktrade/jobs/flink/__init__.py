@@ -1,4 +1,4 @@
-"""The execution and persistence jobs on Apache Flink, through PyFlink.
+"""The execution, persistence and triggers jobs on Apache Flink, through PyFlink.
 
 Three pieces, split by which Python runs them:
 
@@ -13,8 +13,10 @@ Three pieces, split by which Python runs them:
   service and to the Flink job. It runs the job file on a local Flink
   mini-cluster and starts it again, from its last retained checkpoint, when
   the Flink process dies.
-- `job` and `operators` (PyFlink venv): the job file itself. Kafka source
+- `job` and `operators` (PyFlink venv): the job file itself. Kafka sources
   (group offsets, committed first, else earliest), keyed by userId, operators
-  that call the shared ExecutionHandler / PersistenceHandler. The same file
+  that call the shared ExecutionHandler / PersistenceHandler; for triggers,
+  market_data and order_updates connected and keyed by symbol, the resting
+  orders in keyed state, matched by the shared TriggerBook. The same file
   runs unchanged under `flink run -py` on a Flink cluster.
 """

@@ -1,4 +1,4 @@
-"""The Flink job file: `python job.py execution|persistence` (PyFlink venv).
+"""The Flink job file: `python job.py execution|persistence|triggers` (PyFlink venv).
 
 Run by `mocktrade job NAME --engine flink` on a local mini-cluster, with
 PYTHONPATH naming the project's src/ and MOCKTRADE_FLINK_JARS the connector
@@ -12,18 +12,29 @@ TaskManagers have the MOCKTRADE_* settings in their environment:
 (tests/flink/standalone.py builds such a cluster.)
 
 Topology:
-  execution: Kafka table source on trade_orders (key: raw STRING, value: raw
-  BYTES, partition, offset and headers metadata; group offsets, committed
-  first, else earliest) -> DataStream keyed by userId -> ExecuteOrders (the
-  shared ExecutionHandler) -> Kafka sink to trade_executed, keyed by userId
-  (the same murmur2 partitioning as the project's producers), and a side
-  output -> Kafka sink to trade_orders.dlq.
+  execution: Kafka table sources on trade_orders and order_commands (key: raw
+  STRING, value: raw BYTES, topic, partition, offset and headers metadata;
+  group offsets, committed first, else earliest), their union -> DataStream
+  keyed by userId -> ExecuteOrders (the shared ExecutionHandler) -> Kafka sink
+  to trade_executed, keyed by userId (the same murmur2 partitioning as the
+  project's producers), and side outputs -> Kafka sinks to order_updates
+  (keyed by userId), trade_orders.dlq and order_commands.dlq. The order of
+  records across the two topics does not matter: the store makes each
+  instruction one atomic, idempotent step, decided in the order it arrives.
+  triggers: Kafka table sources on market_data (group offsets, else latest:
+  an old tick is no price) and order_updates (from the earliest retained
+  record whenever no checkpoint is restored, so a first start or a start
+  without a checkpoint rebuilds the whole book), connected and both keyed by
+  the payload's symbol -> TriggerOrders (resting orders in keyed state, the
+  shared TriggerBook's matching) -> Kafka sink to order_commands (TRIGGER and,
+  from processing-time timers at each DAY order's expires_at, EXPIRE; keyed
+  by userId), and a side output -> Kafka sink to order_updates.dlq.
   persistence: the same source on trade_executed -> SQL calling the
   vectorized UDF persist_trades (the shared PersistenceHandler, one call per
   Arrow batch) -> the records it could not decode -> Kafka sink to
   trade_executed.dlq.
-  Sinks are at-least-once (flushed at each checkpoint barrier); both sources
-  commit their offsets to the group on each completed checkpoint.
+  Sinks are at-least-once (flushed at each checkpoint barrier); all sources
+  commit their offsets to the job's group on each completed checkpoint.
 """
 
 from __future__ import annotations
@@ -89,24 +100,36 @@ def _with(props: dict[str, str]) -> str:
     return ",\n  ".join(f"'{k}' = '{v}'" for k, v in props.items())
 
 
-def source_table_ddl(settings: Settings, options: FlinkJobOptions) -> str:
+def source_table_ddl(settings: Settings, options: FlinkJobOptions, table: str = "source_records",
+                     topic: str | None = None, startup: str = "group-offsets",
+                     reset: str = "earliest") -> str:
+    """A Kafka source table on `topic` (prefixed; default the job's main input).
+
+    startup group-offsets: from the group's committed offsets, else `reset`;
+    earliest-offset: from the oldest retained record. Either way a restored
+    checkpoint's offsets win, and offsets are committed on each checkpoint.
+    """
+    topic = topic or options.source_topic
     props = {
         "connector": "kafka",
-        "topic": options.source_topic,
+        "topic": topic,
         "properties.bootstrap.servers": settings.kafka_bootstrap,
         "properties.group.id": options.group,
-        "properties.auto.offset.reset": "earliest",
+        # Several sources of one job share its group: distinct client ids.
+        "properties.client.id.prefix": f"{options.group}-{topic}",
+        "properties.auto.offset.reset": reset,
         "properties.commit.offsets.on.checkpoint": "true",
-        "scan.startup.mode": "group-offsets",
+        "scan.startup.mode": startup,
         "scan.topic-partition-discovery.interval": "10 s",
         "key.format": "raw",
         "key.fields": "k",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
     }
-    return f"""CREATE TABLE source_records (
+    return f"""CREATE TABLE {table} (
   `k` STRING,
   `v` BYTES,
+  `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   `headers` MAP<STRING, BYTES> METADATA VIRTUAL
@@ -136,15 +159,26 @@ def sink_table_ddl(table: str, topic: str, settings: Settings) -> str:
 )"""
 
 
+def output_topics(job: str) -> tuple[str, ...]:
+    """The topics (unprefixed) a job's sinks write."""
+    from mocktrade.domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES,
+                                         TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS)
+
+    return {
+        "execution": (TOPIC_TRADE_EXECUTED, TOPIC_ORDER_UPDATES, dead_letter_topic(TOPIC_TRADE_ORDERS),
+                      dead_letter_topic(TOPIC_ORDER_COMMANDS)),
+        "persistence": (dead_letter_topic(TOPIC_TRADE_EXECUTED),),
+        "triggers": (TOPIC_ORDER_COMMANDS, dead_letter_topic(TOPIC_ORDER_UPDATES)),
+    }[job]
+
+
 def ensure_topics(settings: Settings, options: FlinkJobOptions) -> None:
-    """Source, output and dead-letter topics exist before the source looks."""
+    """Source, output and dead-letter topics exist before the sources look."""
     from mocktrade.adapters.kafka import KafkaEventLog
-    from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
 
     log = KafkaEventLog(settings.kafka_bootstrap, topic_prefix=settings.table_prefix,
                         partitions=settings.kafka_partitions)
-    names = {options.source_topic, settings.table_prefix + TOPIC_TRADE_EXECUTED,
-             settings.table_prefix + dead_letter_topic(options.source_topic.removeprefix(settings.table_prefix))}
+    names = {*options.source_topics, *(settings.table_prefix + t for t in output_topics(options.job))}
     for name in sorted(names):
         log.ensure_topic_blocking(name)
     log._producer.flush(1)
@@ -166,7 +200,7 @@ def write_jvm_pid(path: str) -> None:
 
 # Every record goes through persist_trades once (one call per Arrow batch);
 # those it could not decode come back with their reason, for the dead letters.
-PERSISTENCE_SQL = """INSERT INTO dead_letter_sink
+PERSISTENCE_SQL = """INSERT INTO {sink}
 SELECT k, v, dead_letter_headers(headers, reason, `partition`, `offset`)
 FROM (SELECT k, v, headers, `partition`, `offset`,
              persist_trades(k, v, `partition`, `offset`) AS reason
@@ -175,13 +209,11 @@ WHERE reason IS NOT NULL"""
 
 
 def build(job: str):
-    from pyflink.common import Configuration, Types
+    from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
-    from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
-    from mocktrade.jobs.flink.operators import (DEAD_LETTERS, KAFKA_ROW, ExecuteOrders,
-                                                dead_letter_headers_udf, persist_batch)
+    from mocktrade.jobs.flink.operators import dead_letter_headers_udf, persist_batch
 
     settings = Settings.from_env(os.environ.get("MOCKTRADE_DATA_DIR"))
     if not settings.kafka_bootstrap:
@@ -194,25 +226,69 @@ def build(job: str):
     if os.environ.get("MOCKTRADE_FLINK_JVM_PID_FILE"):
         write_jvm_pid(os.environ["MOCKTRADE_FLINK_JVM_PID_FILE"])
     t_env = StreamTableEnvironment.create(env)
-    t_env.execute_sql(source_table_ddl(settings, options))
-    topic = options.source_topic.removeprefix(settings.table_prefix)
-    t_env.execute_sql(sink_table_ddl("dead_letter_sink", settings.table_prefix + dead_letter_topic(topic),
-                                     settings))
+    prefix = settings.table_prefix
+    sink_tables = {}
+    for topic in output_topics(job):
+        table = topic.replace(".", "_") + "_sink"
+        t_env.execute_sql(sink_table_ddl(table, prefix + topic, settings))
+        sink_tables[topic] = table
     sinks = t_env.create_statement_set()
+
+    def sink(topic: str, stream) -> None:
+        sinks.add_insert(sink_tables[topic], t_env.from_data_stream(stream))
+
     if job == "execution":
-        t_env.execute_sql(sink_table_ddl("executed_sink", settings.table_prefix + TOPIC_TRADE_EXECUTED,
-                                         settings))
-        rows = t_env.to_data_stream(t_env.from_path("source_records"))
-        keyed = rows.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
-        out = keyed.process(ExecuteOrders(topic), output_type=KAFKA_ROW).name("execute-orders")
-        sinks.add_insert("executed_sink", t_env.from_data_stream(out))
-        sinks.add_insert("dead_letter_sink", t_env.from_data_stream(out.get_side_output(DEAD_LETTERS)))
+        _execution(t_env, settings, options, sink)
+    elif job == "triggers":
+        _triggers(t_env, settings, options, sink)
     else:
+        t_env.execute_sql(source_table_ddl(settings, options))
+        topic = options.source_topic.removeprefix(prefix)
         t_env.create_temporary_function("persist_trades", persist_batch(topic))
         t_env.create_temporary_function("dead_letter_headers", dead_letter_headers_udf(topic))
-        sinks.add_insert_sql(PERSISTENCE_SQL)
+        sinks.add_insert_sql(PERSISTENCE_SQL.format(sink=sink_tables[dead_letter_topic(topic)]))
     sinks.attach_as_datastream()
     return env, options
+
+
+def _source(t_env, settings: Settings, options: FlinkJobOptions, topic: str, **how):
+    """A source table on `topic` (prefixed) as a DataStream of its rows."""
+    table = topic.removeprefix(settings.table_prefix) + "_source"
+    t_env.execute_sql(source_table_ddl(settings, options, table, topic, **how))
+    return t_env.to_data_stream(t_env.from_path(table))
+
+
+def _execution(t_env, settings: Settings, options: FlinkJobOptions, sink) -> None:
+    from pyflink.common import Types
+
+    from mocktrade.domain.events import TOPIC_TRADE_EXECUTED
+    from mocktrade.jobs.flink.operators import KAFKA_ROW, ExecuteOrders, output_tag
+
+    orders, commands = (_source(t_env, settings, options, topic) for topic in options.source_topics)
+    sides = tuple(t for t in output_topics("execution") if t != TOPIC_TRADE_EXECUTED)
+    keyed = orders.union(commands).key_by(lambda row: row["k"] or "", key_type=Types.STRING())
+    out = keyed.process(ExecuteOrders(settings.table_prefix, sides), output_type=KAFKA_ROW) \
+        .uid("execute-orders").name("execute-orders")
+    sink(TOPIC_TRADE_EXECUTED, out)
+    for topic in sides:
+        sink(topic, out.get_side_output(output_tag(topic)))
+
+
+def _triggers(t_env, settings: Settings, options: FlinkJobOptions, sink) -> None:
+    from pyflink.common import Types
+
+    from mocktrade.domain.events import TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES
+    from mocktrade.jobs.flink.operators import KAFKA_ROW, TriggerOrders, output_tag, payload_symbol
+
+    ticks_topic, updates_topic = options.source_topics
+    ticks = _source(t_env, settings, options, ticks_topic, reset="latest")
+    updates = _source(t_env, settings, options, updates_topic, startup="earliest-offset")
+    out = ticks.connect(updates).key_by(payload_symbol, payload_symbol, key_type=Types.STRING()) \
+        .process(TriggerOrders(settings.table_prefix), output_type=KAFKA_ROW) \
+        .uid("trigger-orders").name("trigger-orders")
+    sink(TOPIC_ORDER_COMMANDS, out)
+    dead_letters = dead_letter_topic(TOPIC_ORDER_UPDATES)
+    sink(dead_letters, out.get_side_output(output_tag(dead_letters)))
 
 
 def _configuration(values: dict[str, str]):
@@ -225,8 +301,8 @@ def _configuration(values: dict[str, str]):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("execution", "persistence"):
-        print("usage: job.py execution|persistence", file=sys.stderr)
+    if len(argv) != 2 or argv[1] not in ("execution", "persistence", "triggers"):
+        print("usage: job.py execution|persistence|triggers", file=sys.stderr)
         return 2
     env, options = build(argv[1])
     print(json.dumps({"event": "flink job submitting", "job": options.job,

@@ -1,4 +1,5 @@
-"""The Flink functions of both jobs: thin shells around the shared handlers.
+"""The Flink functions of the jobs: thin shells around the shared handlers
+(execution, persistence) and the shared TriggerBook (triggers).
 
 Imported only inside the PyFlink venv (they subclass pyflink's functions).
 Each function instance owns a HandlerHost: one asyncio loop, made in open()
@@ -19,26 +20,39 @@ Why a checkpoint never covers unfinished work:
   (history bulk, analytics batch), and before a checkpoint barrier passes it
   finishes the bundle, sending the partial batch and waiting for the call.
   So everything read before a checkpoint is written when it completes.
+- triggers (connected streams keyed by symbol): the resting orders are keyed
+  state, snapshotted with the source offsets; the commands a record caused
+  are in the at-least-once sink before the checkpoint after it completes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Iterable
 
+import orjson
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from ...config import Settings
-from ...domain.events import TOPIC_TRADE_EXECUTED
+from ...domain.events import (TOPIC_TRADE_EXECUTED, EventDecodeError, decode_envelope,
+                              decode_market_data, decode_order_update, decode_trade_order,
+                              encode_order_command, format_time, parse_time, trade_order_payload)
+from ...domain.lifecycle import OrderStatus
+from ...domain.triggers import TriggerBook
 from ...ports import LogRecord
 from ..deadletter import dead_letter_headers, dead_letter_topic
 from ..outbox import OutboundRecord, Outbox
 from ..runner import handle_until_done
+from ..triggers import SOURCE as TRIGGER_SOURCE
 
 log = logging.getLogger("mocktrade.flink")
 
@@ -98,7 +112,14 @@ def log_record(row: Row, topic: str) -> LogRecord:
 # A Kafka record as the sink tables take it (key raw, value raw, headers).
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 KAFKA_ROW = Types.ROW_NAMED(["k", "v", "headers"], [Types.STRING(), BYTES, Types.MAP(Types.STRING(), BYTES)])
-DEAD_LETTERS = OutputTag("dead-letters", KAFKA_ROW)
+_OUTPUTS: dict[str, OutputTag] = {}
+
+
+def output_tag(topic: str) -> OutputTag:
+    """The side output whose records the job's sink for `topic` (unprefixed) writes."""
+    if topic not in _OUTPUTS:
+        _OUTPUTS[topic] = OutputTag(f"to-{topic}", KAFKA_ROW)
+    return _OUTPUTS[topic]
 
 
 def kafka_row(record: OutboundRecord) -> Row:
@@ -113,28 +134,176 @@ def _execution_handler(resources, outbox: Outbox):
 
 
 class ExecuteOrders(KeyedProcessFunction):
-    """trade_orders -> ExecutionHandler (price, ledger apply) -> trade_executed rows
-    on the main output, dead letters on a side output."""
+    """trade_orders and order_commands -> ExecutionHandler (price, ledger apply)
+    -> trade_executed rows on the main output; order_updates and the dead
+    letters of either input on side outputs (`output_tag(topic)`)."""
 
-    def __init__(self, topic: str):
-        self.topic = topic
+    def __init__(self, prefix: str, side_topics: tuple[str, ...]):
+        self.prefix = prefix
+        self.side_topics = frozenset(side_topics)
 
     def open(self, runtime_context: RuntimeContext):
-        self.host = HandlerHost(self.topic, _execution_handler, runtime_context.get_metrics_group())
+        self.host = HandlerHost("execution", _execution_handler, runtime_context.get_metrics_group())
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
-        dead_letters = dead_letter_topic(self.topic)
-        for record in self.host.run([log_record(row, self.topic)]):
-            if record.topic == dead_letters:
-                yield DEAD_LETTERS, kafka_row(record)
-            elif record.topic == TOPIC_TRADE_EXECUTED:
+        topic = (row["topic"] or "").removeprefix(self.prefix)
+        for record in self.host.run([log_record(row, topic)]):
+            if record.topic == TOPIC_TRADE_EXECUTED:
                 yield kafka_row(record)
+            elif record.topic in self.side_topics:
+                yield output_tag(record.topic), kafka_row(record)
             else:  # never dropped: a handler that grew an output needs a sink for it
                 raise RuntimeError(f"the execution job has no sink for topic {record.topic}")
 
     def close(self):
         if hasattr(self, "host"):
             self.host.close()
+
+
+# -- triggers --------------------------------------------------------------------
+
+def payload_symbol(row: Row) -> str:
+    """The symbol of a market_data or order_updates record ("" if undecodable:
+    the function decodes it again and skips or dead-letters it)."""
+    try:
+        symbol = orjson.loads(bytes(row["v"] or b""))["payload"]["symbol"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return ""
+    return symbol if isinstance(symbol, str) else ""
+
+
+def _resting_entry(update) -> str:
+    return orjson.dumps({"order": trade_order_payload(update.order), "seq": update.seq,
+                         "stopTriggered": update.stop_triggered}).decode()
+
+
+def _closed_orders(book: TriggerBook) -> set[str]:
+    """The orders the book has seen final, kept in keyed state beside the
+    resting orders."""
+    return book.closed
+
+
+def _expiry_ms(moment: datetime) -> int:
+    """A timer at or after `moment` (an EXPIRE's `at` must not precede expires_at)."""
+    return math.ceil(moment.timestamp() * 1000)
+
+
+class TriggerOrders(KeyedCoProcessFunction):
+    """market_data (input 1) and order_updates (input 2), both keyed by symbol.
+
+    The symbol's resting orders live in keyed state (MapState orderId -> the
+    order, its seq and stopTriggered; the ids of orders seen final; ValueState
+    the last tick), checkpointed with the source offsets, so a restore loses
+    none. The matching itself is the TriggerBook's: per symbol the function
+    keeps a TriggerBook rebuilt from that state on first use (after every
+    start or restore) and mirrors every change the book makes back into it. What the book proposes
+    goes out as TRIGGER commands, keyed by user; each DAY order gets a
+    processing-time timer at its expires_at, which sends EXPIRE.
+    """
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def open(self, runtime_context: RuntimeContext):
+        self.orders = runtime_context.get_map_state(
+            MapStateDescriptor("resting-orders", Types.STRING(), Types.STRING()))
+        self.closed = runtime_context.get_map_state(
+            MapStateDescriptor("closed-orders", Types.STRING(), Types.BOOLEAN()))
+        self.last_tick = runtime_context.get_state(ValueStateDescriptor("last-tick", Types.STRING()))
+        self.books: dict[str, TriggerBook] = {}  # a cache of the state, per symbol
+        metrics = runtime_context.get_metrics_group()
+        self.counters = {name: metrics.counter(name)
+                         for name in ("ticks", "updates", "triggers", "expiries", "deadLettered")}
+
+    # -- the book of the current key, rebuilt from state when not cached -----
+
+    def _book(self, symbol: str) -> tuple[TriggerBook, list]:
+        book = self.books.get(symbol)
+        if book is not None:
+            return book, []
+        book = TriggerBook()
+        last = self.last_tick.value()
+        if last:
+            tick = orjson.loads(last)
+            book.on_tick(symbol, Decimal(tick["price"]), parse_time(tick["time"], "time"))
+        _closed_orders(book).update(self.closed.keys())
+        proposals, restored = [], 0
+        for _, entry in list(self.orders.items()):
+            data = orjson.loads(entry)
+            # Only OPEN orders are stored; the last tick crossed none of them.
+            proposals += book.apply_update(decode_trade_order(data["order"]), OrderStatus.OPEN.value,
+                                           data["seq"], data["stopTriggered"])
+            restored += 1
+        if restored:
+            print(orjson.dumps({"event": "trigger book restored", "symbol": symbol,
+                                "restingOrders": restored}).decode(), flush=True)
+        self.books[symbol] = book
+        return book, proposals
+
+    def _commands(self, instructions) -> Iterable[Row]:
+        for instruction in instructions:
+            yield Row(k=instruction.user_id, v=encode_order_command(instruction, TRIGGER_SOURCE),
+                      headers={})
+
+    # -- inputs ----------------------------------------------------------------
+
+    def process_element1(self, row: Row, ctx: KeyedCoProcessFunction.Context):
+        try:
+            tick = decode_market_data(decode_envelope(bytes(row["v"] or b"")).payload)
+        except EventDecodeError:
+            return  # the market-data service dead-letters these
+        self.counters["ticks"].inc()
+        book, proposals = self._book(ctx.get_current_key())
+        proposals += book.on_tick(tick.symbol, tick.price, tick.timestamp)
+        self.last_tick.update(orjson.dumps({"price": str(tick.price),
+                                            "time": format_time(tick.timestamp)}).decode())
+        yield from self._proposed(proposals)
+
+    def process_element2(self, row: Row, ctx: KeyedCoProcessFunction.Context):
+        topic = (row["topic"] or "").removeprefix(self.prefix)
+        try:
+            update = decode_order_update(decode_envelope(bytes(row["v"] or b"")).payload)
+        except EventDecodeError as exc:
+            record = log_record(row, topic)
+            self.counters["deadLettered"].inc()
+            yield output_tag(dead_letter_topic(topic)), kafka_row(OutboundRecord(
+                dead_letter_topic(topic), record.key, record.value, dead_letter_headers(record, str(exc))))
+            return
+        self.counters["updates"].inc()
+        book, proposals = self._book(ctx.get_current_key())
+        order_id = update.order.order_id
+        proposals += book.apply_update(update.order, update.status, update.seq, update.stop_triggered)
+        # Mirror the book: it files an order only on a newer OPEN update, and
+        # drops it on a final status or when the last tick already crosses it.
+        if order_id not in book:
+            self.orders.remove(order_id)
+            if order_id in _closed_orders(book) and not self.closed.contains(order_id):
+                self.closed.put(order_id, True)
+        elif update.status == OrderStatus.OPEN.value:
+            stored = self.orders.get(order_id)
+            if stored is None or orjson.loads(stored)["seq"] < update.seq:
+                self.orders.put(order_id, _resting_entry(update))
+                if update.order.expires_at is not None:
+                    ctx.timer_service().register_processing_time_timer(
+                        _expiry_ms(update.order.expires_at))
+        yield from self._proposed(proposals)
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        book, proposals = self._book(ctx.get_current_key())
+        expiries = book.due(datetime.fromtimestamp(timestamp / 1000, timezone.utc))
+        self.counters["expiries"].inc(len(expiries))
+        for expiry in expiries:
+            self.orders.remove(expiry.order_id)
+        yield from self._proposed(proposals)
+        yield from self._commands(expiries)
+
+    def _proposed(self, proposals) -> Iterable[Row]:
+        for proposal in proposals:
+            if self.orders.contains(proposal.order_id):
+                self.orders.remove(proposal.order_id)
+        if proposals:
+            self.counters["triggers"].inc(len(proposals))
+        yield from self._commands(proposals)
 
 
 # -- persistence -----------------------------------------------------------------

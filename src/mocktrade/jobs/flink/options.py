@@ -8,7 +8,7 @@ file (PyFlink venv).
                                           any Flink file system URI (s3://bucket/path too,
                                           given Flink's s3 plugin on the cluster)
   MOCKTRADE_FLINK_PARALLELISM             default 1
-  MOCKTRADE_FLINK_EXECUTION_MODE          execution: thread (default) or process;
+  MOCKTRADE_FLINK_EXECUTION_MODE          execution, triggers: thread (default) or process;
                                           persistence always runs in process mode (its
                                           vectorized UDF needs it)
   MOCKTRADE_FLINK_BUFFER_TIMEOUT_MS       longest a record waits in a network buffer
@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import Settings
-from ...domain.events import TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS
+from ...domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES,
+                              TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS)
 
 JOBS = {
-    # job: (source topic, consumer group, the handler's name)
-    "execution": (TOPIC_TRADE_ORDERS, "trade-execution"),
-    "persistence": (TOPIC_TRADE_EXECUTED, "trade-persistence"),
+    # job: (source topics, the first one its main input; consumer group)
+    "execution": ((TOPIC_TRADE_ORDERS, TOPIC_ORDER_COMMANDS), "trade-execution"),
+    "persistence": ((TOPIC_TRADE_EXECUTED,), "trade-persistence"),
+    "triggers": ((TOPIC_MARKET_DATA, TOPIC_ORDER_UPDATES), "trade-triggers"),
 }
 
 
@@ -44,7 +46,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class FlinkJobOptions:
     job: str
-    source_topic: str       # with the table prefix
+    source_topics: tuple[str, ...]  # with the table prefix
     group: str              # with the table prefix, as KafkaEventLog names groups
     checkpoint_interval_ms: int
     checkpoint_dir: str     # a URI
@@ -56,6 +58,11 @@ class FlinkJobOptions:
     restore_from: str
 
     @property
+    def source_topic(self) -> str:
+        """The main input (with the table prefix)."""
+        return self.source_topics[0]
+
+    @property
     def python_mode(self) -> str:
         return "process" if self.job == "persistence" else self.execution_mode
 
@@ -63,12 +70,12 @@ class FlinkJobOptions:
     def from_env(cls, job: str, settings: Settings) -> "FlinkJobOptions":
         if job not in JOBS:
             raise ValueError(f"no Flink job {job!r}; one of {', '.join(JOBS)}")
-        topic, group = JOBS[job]
+        topics, group = JOBS[job]
         default_dir = (Path(settings.data_dir).resolve() / "flink" / job / "checkpoints").as_uri()
         mode = _env("EXECUTION_MODE", "thread")
         if mode not in ("thread", "process"):
             raise ValueError("MOCKTRADE_FLINK_EXECUTION_MODE is thread or process")
-        return cls(job=job, source_topic=settings.table_prefix + topic,
+        return cls(job=job, source_topics=tuple(settings.table_prefix + t for t in topics),
                    group=settings.table_prefix + group,
                    checkpoint_interval_ms=int(_env("CHECKPOINT_INTERVAL_MS", "1000")),
                    checkpoint_dir=_env("CHECKPOINT_DIR", default_dir),
