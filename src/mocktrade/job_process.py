@@ -38,7 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the parent thread goes away."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -82,7 +82,7 @@ class JobProcess:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mocktrade.cli", "job", "all", "--host", self.host,
                 "--port", str(self.port), env=env, stdout=output, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         (self.log_path.parent / "jobs.pid").write_text(str(self._process.pid))
 
     async def _stop(self) -> None:

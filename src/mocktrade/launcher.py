@@ -49,9 +49,14 @@ class Child:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
+        from .job_process import die_with_parent
+
+        # Its own session (a Ctrl-C at the terminal is ours to pass on), and
+        # killed by the kernel if we die, even by kill -9: never an orphan.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mocktrade.cli", *self.args, "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
         # Operators (and the failure tests) find each process by name here.
         self.log_path.with_suffix(".pid").write_text(str(self.process.pid))
@@ -184,11 +189,24 @@ class StateReporter:
             print(f"{name}: {description}", file=self.out or sys.stdout, flush=True)
 
 
-async def _ready(children: list[Child], timeout: float) -> dict[str, str]:
+class StopRequest:
+    """Set by SIGINT/SIGTERM; every wait of the launcher looks at it. A flag,
+    not an exception raised from the handler: a signal landing inside a
+    finalizer would have its exception swallowed and the stop lost."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, *_: object) -> None:
+        self.requested = True
+
+
+async def _ready(children: list[Child], timeout: float,
+                 stop: StopRequest | None = None) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     status: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop and stop.requested):
             for child in children:
                 try:
                     answer = await client.get(f"http://127.0.0.1:{child.port}/readyz")
@@ -204,8 +222,6 @@ async def _ready(children: list[Child], timeout: float) -> dict[str, str]:
 def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
                     stack_dir: Path | None = None, keep_stack: bool = False) -> int:
     from . import logs, stack
-    from .bootstrap import Resources, ensure_demo_accounts
-
     from .stack.manager import _pid_path
     from .stack.processes import running_record
 
@@ -220,82 +236,17 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
     problems = check_plan(plan(settings, {}, replicas or {}, log_dir), settings.host, engine_ports, running)
     if problems:
         raise LaunchError("nothing started: " + "\n".join(problems))
-    print(f"starting the engines in {stack_dir} ...", flush=True)
-    try:
-        engine_env = stack.up(stack_dir)
-    except stack.StackError as exc:
-        raise LaunchError(f"the engines did not start: {exc}") from None
-    from .config import ENGINES_FILE, write_env_file
 
-    write_env_file(settings.data_dir / ENGINES_FILE, engines_file(settings, engine_env))
-    settings = settings.with_overrides(
-        kafka_bootstrap=engine_env.get("MOCKTRADE_KAFKA_BOOTSTRAP"),
-        redis_url=engine_env.get("MOCKTRADE_REDIS_URL"),
-        dynamodb_endpoint=engine_env.get("MOCKTRADE_DYNAMODB_ENDPOINT"),
-        elasticsearch_url=engine_env.get("MOCKTRADE_ELASTICSEARCH_URL"))
-
-    async def demo() -> None:
-        resources = Resources(settings)
-        try:
-            await ensure_demo_accounts(resources.portfolios, settings)
-        finally:
-            await resources.close()
-    asyncio.run(demo())
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    children = plan(settings, engine_env, replicas or {}, log_dir)
-    print(f"starting {len(children)} processes (logs in {log_dir}) ...", flush=True)
-    for child in children:
-        child.start()
-    status = asyncio.run(_ready(children, timeout=90))
-    base = f"http://{settings.host}:{settings.port}"
-    marketdata = next(child for child in children if child.name == "marketdata")
-    token = Resources(settings).tokens.issue(settings.demo_users[0])
-    print(f"mocktrade (distributed) on {base}\n"
-          f"  prices:  ws://{settings.host}:{marketdata.port}/v1/marketdata\n"
-          f"  logs:    {log_dir}\n"
-          + "".join(f"  {name:12} {state}\n" for name, state in status.items())
-          + f"  console: {base}/  (sign in as {settings.demo_users[0]}, password "
-            f"{settings.demo_password()})\n"
-          + f"  demo token for {settings.demo_users[0]}: {token}", flush=True)
-
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        stopping = True
-    signal.signal(signal.SIGINT, stop)
+    # SIGTERM stops us like Ctrl-C at any moment (starting engines, starting
+    # children, waiting for readiness, running): the finally below cleans up,
+    # and a second signal cannot cut the clean-up short.
+    stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
-    from .portcheck import is_free, taken_message
-
-    reporter = StateReporter()
-    reporter.states.update({name: state_of(state) for name, state in status.items()})
-    blocked: set[str] = set()
+    signal.signal(signal.SIGINT, stop)
+    children: list[Child] = []
     client = httpx.Client(timeout=1.0)
-    next_poll = time.monotonic() + 2.0
     try:
-        while not stopping:
-            for child in children:
-                if not child.alive() and not stopping:
-                    if not is_free(settings.host, child.port):
-                        # Restarting would only loop on "address already in use".
-                        if child.name not in blocked:
-                            blocked.add(child.name)
-                            reporter.states[child.name] = "blocked"
-                            print(f"{taken_message(settings.host, child.port, child.name)}; "
-                                  "not restarting it until the port is free", flush=True)
-                        continue
-                    blocked.discard(child.name)
-                    child.restarts += 1
-                    reporter.states[child.name] = "restarting"
-                    print(f"{child.name}: exited ({child.process.returncode}); restarting", flush=True)
-                    child.start()
-            if time.monotonic() >= next_poll:
-                for child in children:
-                    if child.alive() and not stopping:
-                        reporter.update(child.name, probe_child(client, child))
-                next_poll = time.monotonic() + 2.0
-            time.sleep(0.5)
+        _run(settings, replicas, stack_dir, log_dir, children, client, stop)
     finally:
         for child in children:
             child.stop()
@@ -312,3 +263,84 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
         print("stopped" + ("" if keep_stack else f" (the engines too: `mocktrade stack up` starts them "
                                                   f"again for verify, token, accounts)"), flush=True)
     return 0
+
+
+def _run(settings: Settings, replicas: dict[str, int] | None, stack_dir: Path, log_dir: Path,
+         children: list[Child], client: httpx.Client, stop: StopRequest) -> None:
+    """Engines, children, readiness, banner, then supervise until interrupted.
+    `children` is filled as they start, so the caller can always stop them."""
+    from . import stack
+    from .bootstrap import Resources, ensure_demo_accounts
+    from .config import ENGINES_FILE, write_env_file
+    from .portcheck import is_free, taken_message
+
+    print(f"starting the engines in {stack_dir} ...", flush=True)
+    try:
+        engine_env = stack.up(stack_dir)
+    except stack.StackError as exc:
+        raise LaunchError(f"the engines did not start: {exc}") from None
+    if stop.requested:
+        return
+    write_env_file(settings.data_dir / ENGINES_FILE, engines_file(settings, engine_env))
+    settings = settings.with_overrides(
+        kafka_bootstrap=engine_env.get("MOCKTRADE_KAFKA_BOOTSTRAP"),
+        redis_url=engine_env.get("MOCKTRADE_REDIS_URL"),
+        dynamodb_endpoint=engine_env.get("MOCKTRADE_DYNAMODB_ENDPOINT"),
+        elasticsearch_url=engine_env.get("MOCKTRADE_ELASTICSEARCH_URL"))
+
+    async def demo() -> None:
+        resources = Resources(settings)
+        try:
+            await ensure_demo_accounts(resources.portfolios, settings)
+        finally:
+            await resources.close()
+    asyncio.run(demo())
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    planned = plan(settings, engine_env, replicas or {}, log_dir)
+    print(f"starting {len(planned)} processes (logs in {log_dir}) ...", flush=True)
+    for child in planned:
+        if stop.requested:
+            return
+        children.append(child)
+        child.start()
+    status = asyncio.run(_ready(children, 90, stop))
+    if stop.requested:
+        return
+    base = f"http://{settings.host}:{settings.port}"
+    marketdata = next(child for child in children if child.name == "marketdata")
+    token = Resources(settings).tokens.issue(settings.demo_users[0])
+    print(f"mocktrade (distributed) on {base}\n"
+          f"  prices:  ws://{settings.host}:{marketdata.port}/v1/marketdata\n"
+          f"  logs:    {log_dir}\n"
+          + "".join(f"  {name:12} {state}\n" for name, state in status.items())
+          + f"  console: {base}/  (sign in as {settings.demo_users[0]}, password "
+            f"{settings.demo_password()})\n"
+          + f"  demo token for {settings.demo_users[0]}: {token}", flush=True)
+
+    reporter = StateReporter()
+    reporter.states.update({name: state_of(state) for name, state in status.items()})
+    blocked: set[str] = set()
+    next_poll = time.monotonic() + 2.0
+    while not stop.requested:
+        for child in children:
+            if not child.alive():
+                if not is_free(settings.host, child.port):
+                    # Restarting would only loop on "address already in use".
+                    if child.name not in blocked:
+                        blocked.add(child.name)
+                        reporter.states[child.name] = "blocked"
+                        print(f"{taken_message(settings.host, child.port, child.name)}; "
+                              "not restarting it until the port is free", flush=True)
+                    continue
+                blocked.discard(child.name)
+                child.restarts += 1
+                reporter.states[child.name] = "restarting"
+                print(f"{child.name}: exited ({child.process.returncode}); restarting", flush=True)
+                child.start()
+        if time.monotonic() >= next_poll:
+            for child in children:
+                if child.alive():
+                    reporter.update(child.name, probe_child(client, child))
+            next_poll = time.monotonic() + 2.0
+        time.sleep(0.5)
