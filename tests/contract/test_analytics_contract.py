@@ -271,3 +271,30 @@ async def test_bars_survive_reopening(open_analytics):
     await reopened.record(BAR_TRADES)
     assert await reopened.bars("MOCKAAPL", "1h", None, FAR, 10) == \
         expected_bars(BAR_TICKS, BAR_TRADES, "MOCKAAPL", "1h")
+
+
+async def test_long_windows_from_whole_hours_and_edges_match_the_trades(analytics):
+    """Windows whose whole hours come pre-aggregated and whose edges come from
+    the trades: every window equals the sum over the trades, batches replayed
+    and split any way."""
+    import random
+
+    rng = random.Random(7)
+    spread = [trade(f"h{i}", rng.choice(["MOCKAAPL", "MOCKKO"]), f"{rng.randint(1, 50)}.5",
+                    f"{rng.randint(10, 900)}.1234", T0 + timedelta(minutes=rng.randint(0, 60 * 30),
+                                                                   seconds=rng.randint(0, 59)),
+                    rng.choice([ExecutionStatus.EXECUTED] * 4 + [ExecutionStatus.CANCELED]))
+              for i in range(300)]
+    spread = [t if t.status is ExecutionStatus.EXECUTED else
+              trade(t.order_id, t.symbol, str(t.quantity), None, t.execution_timestamp, t.status)
+              for t in spread]
+    for start in range(0, 300, 37):
+        await analytics.record(spread[start:start + 37])
+    await analytics.record(spread[100:220])  # a replay, batched differently
+    windows = [(T0, T0 + 30 * HOUR), (T0 + timedelta(minutes=17), T0 + timedelta(hours=29, minutes=3)),
+               (T0 + timedelta(minutes=61), T0 + timedelta(minutes=119)),
+               (T0 + 3 * HOUR, T0 + 3 * HOUR + timedelta(seconds=1))]
+    for since, until in windows:
+        assert await analytics.volume(since, until) == expected(spread, since, until)
+        assert await analytics.volume(since, until, "MOCKKO") == \
+            expected(spread, since, until, "MOCKKO")

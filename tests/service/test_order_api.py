@@ -9,7 +9,7 @@ import orjson
 from mocktrade.domain.events import TOPIC_TRADE_ORDERS, decode_envelope, decode_trade_order
 from mocktrade.ports import DependencyUnavailable
 
-from .conftest import make_api
+from .conftest import SYMBOLS, make_api
 
 
 async def published_orders(backends) -> list:
@@ -90,3 +90,24 @@ async def test_expired_token_is_401(backends, tokens):
         stale = tokens.issue("alice", now=0)
         response = await api.get("/v1/portfolio/alice", headers={"Authorization": f"Bearer {stale}"})
     assert response.status_code == 401 and "expired" in response.json()["error"]["message"]
+
+
+async def test_identical_volume_requests_in_flight_share_one_query(backends):
+    import asyncio
+
+    from mocktrade.services.query import QueryService
+
+    calls = []
+
+    class CountingAnalytics:
+        async def volume(self, since, until, symbol=None):
+            calls.append(symbol)
+            await asyncio.sleep(0.05)
+            return await backends.analytics.volume(since, until, symbol)
+
+    query = QueryService(backends.history, CountingAnalytics(), backends.prices, SYMBOLS)
+    answers = await asyncio.gather(*(query.volume("7d") for _ in range(10)),
+                                   query.volume("7d", "MOCKAAPL"))
+    assert len(calls) == 2 and all(a == answers[0] for a in answers[:10])
+    await query.volume("7d")
+    assert len(calls) == 3  # finished queries are not cached

@@ -69,7 +69,7 @@ from ..domain.bars import Bar
 from ..domain.model import Execution, ExecutionStatus, PriceTick
 from ..domain.money import CASH_QUANTUM
 from ..ports import DependencyUnavailable, SymbolVolume
-from . import clickhouse_bars
+from . import clickhouse_bars, clickhouse_volume
 
 _T = TypeVar("_T")
 
@@ -211,6 +211,8 @@ class ClickHouseAnalytics:
         self.ticks_table_name = f"{table_prefix}{clickhouse_bars.TICKS_TABLE}"
         self.ticks_table = self._qualified(self.ticks_table_name)
         self.bars_table = self._qualified(f"{table_prefix}{clickhouse_bars.BARS_TABLE}")
+        # Executed volume per (symbol, hour), for long windows (see clickhouse_volume).
+        self.volume_table = self._qualified(f"{table_prefix}{clickhouse_volume.VOLUME_TABLE}")
         self._opener: Callable[[], Client] = (
             (lambda: client) if isinstance(client, Client) else client)
         self._client: Client | None = None
@@ -249,6 +251,9 @@ class ClickHouseAnalytics:
             client.command(CREATE_TABLE_TEMPLATE.format(table=self.table))
             for statement in clickhouse_bars.create_statements(self.ticks_table, self.bars_table):
                 client.command(statement)
+            client.command(clickhouse_volume.create_statement(self.volume_table))
+            clickhouse_volume.backfill(client, trades_table=self.table,
+                                       volume_table=self.volume_table)
         except BaseException:
             client.close()
             raise
@@ -292,21 +297,19 @@ class ClickHouseAnalytics:
             for rows in chunks:
                 client.insert(self.table_name, rows, column_names=COLUMNS,
                               database=self.database or None)
+            clickhouse_volume.recompute(client, executions, trades_table=self.table,
+                                        volume_table=self.volume_table,
+                                        database=self.database or None)
 
         await self._run(insert)
 
     async def volume(self, since: datetime, until: datetime,
                      symbol: str | None = None) -> list[SymbolVolume]:
-        parameters: dict[str, Any] = {"executed": ExecutionStatus.EXECUTED.value,
-                                      "since": since.astimezone(timezone.utc),
-                                      "until": until.astimezone(timezone.utc)}
-        if symbol is not None:
-            parameters["symbol"] = symbol
-        sql = volume_sql(symbol, self.table)
-        result = await self._run(lambda client: client.query(sql, parameters=parameters))
+        rows = await self._run(lambda client: clickhouse_volume.query(
+            client, since, until, symbol, trades_table=self.table, volume_table=self.volume_table))
         return [SymbolVolume(name, Decimal(volume), int(count),
                              Decimal(notional).quantize(CASH_QUANTUM))
-                for name, volume, count, notional in result.result_rows]
+                for name, volume, count, notional in rows]
 
     async def record_ticks(self, ticks: Sequence[PriceTick]) -> None:
         """Insert the ticks, then recompute the minute bars they touch from the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ class QueryService:
                  symbols: frozenset[str], clock=utc_now):
         self._history, self._analytics, self._prices = history, analytics, prices
         self._symbols, self._clock = symbols, clock
+        self._volume_in_flight: dict[tuple[str, str | None], asyncio.Future] = {}
 
     async def search_trades(self, user_id: str, *, symbol: str | None = None,
                             status: ExecutionStatus | None = None, side: Side | None = None,
@@ -42,6 +44,18 @@ class QueryService:
         }
 
     async def volume(self, window: str, symbol: str | None = None) -> dict[str, Any]:
+        """Identical requests arriving while one is being answered share its
+        answer (one query, not one each: the analytics engine serves queries
+        one at a time on chDB, so a burst would otherwise queue)."""
+        key = (window, symbol)
+        running = self._volume_in_flight.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._volume(window, symbol))
+            self._volume_in_flight[key] = running
+            running.add_done_callback(lambda _: self._volume_in_flight.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _volume(self, window: str, symbol: str | None) -> dict[str, Any]:
         until = self._clock()
         since = until - TIME_WINDOWS[window]
         rows = await self._analytics.volume(since, until, symbol)
