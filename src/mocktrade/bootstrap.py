@@ -441,6 +441,8 @@ def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
     r = Resources(settings, owns_analytics=not jobs_apart)
     p = Process("platform", r, set())
     p.job_process = jobs
+    if jobs is not None:  # this port's /metrics covers the job process too
+        p.parts.metrics_peers = {"jobs": f"{jobs.url}/metrics"}
     p.parts.orders = order_service(r)
     p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
     p.parts.query = query_service(r)

@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
 
+    status = commands.add_parser("status", help="a live view of the running processes: health, rates, "
+                                                "consumer lag, WebSocket clients, last error")
+    status.add_argument("--once", action="store_true", help="print one table and exit")
+    status.add_argument("--json", action="store_true", help="print one JSON document and exit")
+    status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between refreshes, and the window of the rates (default 1)")
+
     verify = commands.add_parser("verify", help="reconcile portfolios, ledger, events and history")
     verify.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="retry until consistent or this many seconds pass (pipeline draining)")
@@ -174,6 +181,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _token(settings, args.user)
     if args.command == "verify":
         return asyncio.run(_verify(settings, args.wait))
+    if args.command == "status":
+        from .status import run as status
+        return status(settings.data_dir, once=args.once, as_json=args.json, interval=args.interval)
     raise CommandError(f"unknown command {args.command}")
 
 
@@ -201,8 +211,13 @@ def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
     if not is_free(settings.host, settings.port):
         raise CommandError(taken_message(settings.host, settings.port, name))
 
+    from .services.limits import WS_MAX_MESSAGE_BYTES, LimitedHttpToolsProtocol
+
+    # httptools with caps on the request target (414) and headers (431); WebSocket
+    # messages over 64 KiB close the connection with 1009 (services.limits).
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_config=None, access_log=False, loop="uvloop", http="httptools",
+                            log_config=None, access_log=False, loop="uvloop",
+                            http=LimitedHttpToolsProtocol, ws_max_size=WS_MAX_MESSAGE_BYTES,
                             ws="websockets-sansio", ws_per_message_deflate=False, lifespan="on",
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()
@@ -252,9 +267,21 @@ def _up(settings: Settings) -> int:
           f"  data dir:    {settings.data_dir.resolve()}\n"
           f"  console:     {base}/  (sign in as {demo}, password {settings.demo_password()})\n"
           f"  demo token for {demo}: {platform.resources.tokens.issue(demo)}", flush=True)
+    from .process_file import record_embedded
+
+    # DATA_DIR/processes.json, for `mocktrade status`.
+    forget = record_embedded(settings.data_dir, settings.host, settings.port, platform.job_process)
+
+    async def keep() -> None:
+        pass
+
+    async def remove() -> None:  # at shutdown: uvicorn re-raises SIGTERM after it, past `finally`
+        forget()
+    platform.on_start(keep, remove)
     try:
         _run_server(platform.app(), settings)
     finally:
+        forget()
         lock.close()
     return 0
 

@@ -51,6 +51,7 @@ class JobProcess:
         self.url = f"http://{host}:{port}"
         self.log_path = log_path or data_dir / "logs" / "jobs.log"
         self.restarts = 0
+        self.on_started = None  # called after each start (process_file: DATA_DIR/processes.json)
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -84,6 +85,8 @@ class JobProcess:
                 "--port", str(self.port), env=env, stdout=output, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=die_with_parent)
         (self.log_path.parent / "jobs.pid").write_text(str(self._process.pid))
+        if self.on_started is not None:
+            self.on_started()
 
     async def _stop(self) -> None:
         process = self._process

@@ -258,6 +258,8 @@ def run_distributed(settings: Settings, replicas: dict[str, int] | None = None,
                 except subprocess.TimeoutExpired:
                     child.stop(signal.SIGKILL)
         client.close()
+        from .process_file import remove
+        remove(settings.data_dir)
         if not keep_stack:
             stack.down(stack_dir)
         print("stopped" + ("" if keep_stack else f" (the engines too: `mocktrade stack up` starts them "
@@ -304,6 +306,9 @@ def _run(settings: Settings, replicas: dict[str, int] | None, stack_dir: Path, l
             return
         children.append(child)
         child.start()
+    from .process_file import record_distributed
+    # DATA_DIR/processes.json, for `mocktrade status` (again at every restart).
+    record_distributed(settings.data_dir, settings.host, children)
     status = asyncio.run(_ready(children, 90, stop))
     if stop.requested:
         return
@@ -338,6 +343,7 @@ def _run(settings: Settings, replicas: dict[str, int] | None, stack_dir: Path, l
                 reporter.states[child.name] = "restarting"
                 print(f"{child.name}: exited ({child.process.returncode}); restarting", flush=True)
                 child.start()
+                record_distributed(settings.data_dir, settings.host, children)
         if time.monotonic() >= next_poll:
             for child in children:
                 if child.alive():

@@ -87,6 +87,30 @@ async def test_poll_honours_max_records_and_returns_empty_on_timeout(event_log):
     assert 0.25 <= time.monotonic() - started < 2.0
 
 
+async def _lag_settles_at(consumer, expected: int, within: float = 5.0) -> int:
+    """The consumer's total lag once it equals `expected` (Kafka's watermark
+    comes with a fetch response), or what it was at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        total = sum((await consumer.lag()).values())
+        if total == expected or time.monotonic() > deadline:
+            return total
+        await asyncio.sleep(0.1)
+
+
+async def test_lag_is_what_the_consumer_has_not_read(event_log):
+    """For mocktrade_consumer_lag_records: end offset minus position, per partition."""
+    for i in range(25):
+        await event_log.publish(TOPIC, f"k{i % 5}", str(i).encode())
+    consumer = event_log.consumer(TOPIC, "readers")
+    first = await consumer.poll(max_records=10, timeout=2.0)
+    assert first
+    assert await _lag_settles_at(consumer, 25 - len(first)) == 25 - len(first)
+    await drain(consumer)
+    assert await _lag_settles_at(consumer, 0) == 0
+    assert all(lag >= 0 for lag in (await consumer.lag()).values())
+
+
 async def test_a_waiting_poll_wakes_up_on_publish(event_log):
     consumer = event_log.consumer(TOPIC, "readers", reset="latest")
     waiting = asyncio.create_task(consumer.poll(10, timeout=10.0))

@@ -643,6 +643,34 @@ class KafkaLogConsumer:
         if offsets and not self._closed:
             await asyncio.wrap_future(self._worker.submit(self._commit_blocking, offsets))
 
+    async def lag(self) -> dict[int, int]:
+        """Records not yet read, per assigned partition: the high watermark of
+        the latest fetch (cached, no broker request) minus the position."""
+        if self._closing or self._consumer is None:
+            return {}
+        return await asyncio.wrap_future(self._worker.submit(self._lag_blocking))
+
+    def _lag_blocking(self) -> dict[int, int]:
+        if self._closing or self._consumer is None:
+            return {}
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return {}
+        lags = {}
+        for tp in self._consumer.position(assignment):
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or tp.offset < 0:  # not fetched from yet: ask the broker
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            position = tp.offset
+            if position < 0:
+                # Nothing read from it yet: it starts at the group's commit, or
+                # at the reset point.
+                (committed,) = self._consumer.committed([tp], timeout=1.0)
+                position = committed.offset if committed.offset >= 0 else (
+                    low if self._reset == "earliest" else high)
+            lags[tp.partition] = max(high - position, 0)
+        return lags
+
     def _commit_blocking(self, offsets: list[TopicPartition]) -> None:
         try:
             results = self._consumer.commit(offsets=offsets, asynchronous=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import metrics
 from ..ports import EventLog, LogRecord
 
 log = logging.getLogger("mocktrade.deadletter")
@@ -24,5 +25,6 @@ def dead_letter_headers(record: LogRecord, reason: str) -> dict[str, str]:
 async def dead_letter(event_log: EventLog, record: LogRecord, reason: str) -> None:
     headers = dead_letter_headers(record, reason)
     await event_log.publish(dead_letter_topic(record.topic), record.key, record.value, headers)
+    metrics.dead_lettered(record.topic)
     log.warning("record dead-lettered",
                 extra={"topic": record.topic, "offset": record.offset, "reason": reason})

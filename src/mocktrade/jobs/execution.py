@@ -20,6 +20,7 @@ from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES, TOPIC_TR
                              EventDecodeError, decode_envelope, decode_order_command,
                              decode_trade_order, encode_order_update, encode_trade_executed)
 from ..domain.lifecycle import Instruction, PlaceOrder, Step, TriggerOrder
+from .. import metrics
 from ..domain.model import Execution, utc_now
 from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache
 from .deadletter import dead_letter
@@ -104,6 +105,7 @@ class ExecutionHandler:
             return
         for outcome in step.outcomes:
             status = outcome.status.value
+            metrics.order_final(status, outcome.order_timestamp, outcome.execution_timestamp)
             if outcome.executed:
                 self.stats.executed += 1
             elif status == "CANCELED":

@@ -12,6 +12,7 @@ import logging
 import random
 from typing import Awaitable, Callable, Literal, Sequence
 
+from .. import metrics
 from ..ports import DependencyUnavailable, EventLog, LogRecord
 
 log = logging.getLogger("mocktrade.runner")
@@ -26,15 +27,19 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
     """`commit=False`: a reader that rebuilds state from the log on every start
     (and so must leave no committed group behind)."""
     consumer = event_log.consumer(topic, group, reset=reset)
+    meter = metrics.ConsumerMeter(group, topic)
     try:
         while stop is None or not stop.is_set():
             records = await consumer.poll(max_records, poll_timeout)
+            await meter.sample_lag(consumer)  # a clock check; a look every few seconds
             if not records:
                 continue
             await handle_until_done(handler, records, group)
             if commit:
                 await consumer.commit(records)
+            meter.processed(len(records))
     finally:
+        meter.close()
         await consumer.close()
 
 

@@ -8,6 +8,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from time import perf_counter
 from typing import Annotated, Any, Awaitable, Callable, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
@@ -17,6 +18,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
+from .. import metrics
 from ..console import docs_routes
 from ..domain import rules
 from ..domain.model import ExecutionStatus, Side
@@ -25,6 +27,8 @@ from ..ports import DependencyUnavailable, InvalidPageToken, OrderQuery
 from .auth import TokenIssuer, Unauthorized
 from . import schemas
 from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
+from .limits import MAX_BODY_BYTES, RequestLimits
+from . import metrics_http
 from .orders import (ClientOrderIdTaken, IdempotencyConflict, OrderNotCancelable, OrderNotFound,
                      OrderRequest, OrderService, PriceUnavailable, ResetRequest, UnknownAccount,
                      order_detail)
@@ -48,6 +52,8 @@ class GatewayParts:
     extra_routes: list[Any] = field(default_factory=list)
     readiness: ReadinessCheck | None = None
     lifespan: Any = None
+    # process label -> /metrics URL of another process this one's /metrics covers
+    metrics_peers: dict[str, str] = field(default_factory=dict)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -140,10 +146,13 @@ def create_app(parts: GatewayParts) -> FastAPI:
                   description="Mock stock trading: orders, portfolios, trade history, "
                               "volume analytics and live prices (WebSocket /v1/marketdata).")
     _error_handlers(app)
+    # Bodies over 64 KiB: 413; paths and query strings not UTF-8: 400 (services.limits).
+    app.add_middleware(RequestLimits)
     # Swagger UI (/v1/docs) and Redoc (/v1/redoc) from vendored assets: offline.
     app.router.routes.extend(docs_routes(app.openapi_url, app.title))
 
     app.state.parts = parts
+    metrics_http.install(app, parts.metrics_peers)  # GET /metrics and request durations
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
@@ -193,6 +202,9 @@ def _openapi(app: FastAPI, parts: GatewayParts) -> dict[str, Any]:
             if "requestBody" in operation:
                 answers.setdefault("400", {"description": "Invalid request: the body breaks "
                                                           "the contract"})
+                answers.setdefault("413", {"description": f"The body is larger than "
+                                                          f"{MAX_BODY_BYTES} bytes; nothing "
+                                                          f"was read or changed"})
             for status, answer in answers.items():
                 if status[:1] in ("4", "5") and "content" not in answer:
                     # Every error is an ApiError: the envelope.
@@ -212,13 +224,46 @@ def _openapi(app: FastAPI, parts: GatewayParts) -> dict[str, Any]:
         "MethodNotAllowed": {"description": "A method not documented for a path: 405 with the "
                                             "error envelope, code method_not_allowed, and Allow",
                              "headers": {"Allow": {"required": True, "schema": {"type": "string"}}},
-                             "content": envelope}}
+                             "content": envelope},
+        **_limit_responses(envelope)}
     app.openapi_schema = document
     return document
 
 
+def _limit_responses(envelope: dict[str, Any]) -> dict[str, Any]:
+    """What any request may get before it reaches a route (services.limits)."""
+    from . import limits
+    return {
+        "InvalidEncoding": {"description": "A path or query string that is not UTF-8 once "
+                                           "percent-decoded: 400 with the error envelope, code "
+                                           "invalid_encoding", "content": envelope},
+        "UriTooLong": {"description": f"A request target (path and query) longer than "
+                                      f"{limits.MAX_TARGET_BYTES} bytes: 414 with the error "
+                                      f"envelope, code uri_too_long", "content": envelope},
+        "HeadersTooLarge": {"description": f"Headers larger than {limits.MAX_HEADER_BYTES} "
+                                           f"bytes in all, or more than {limits.MAX_HEADERS} "
+                                           f"of them: 431 with the error envelope, code "
+                                           f"headers_too_large", "content": envelope}}
+
+
 async def _place(orders: OrderService, request: Request, user_id: str,
                  idempotency_key: str | None, traceparent: str | None) -> JsonResponse:
+    """An order in, its answer out, counted by outcome (mocktrade_orders_total)."""
+    started = perf_counter()
+    try:
+        answer = await _place_order(orders, request, user_id, idempotency_key, traceparent)
+    except ApiError as exc:
+        metrics.order_rejected(exc.code)
+        raise
+    except DependencyUnavailable:
+        metrics.order_rejected("dependency_unavailable")
+        raise
+    metrics.order_accepted(perf_counter() - started)
+    return answer
+
+
+async def _place_order(orders: OrderService, request: Request, user_id: str,
+                       idempotency_key: str | None, traceparent: str | None) -> JsonResponse:
     body = await parse_body(request, OrderRequest, schemas.check_order_body)
     try:
         accepted = await orders.place(user_id, body, idempotency_key, _trace_context(traceparent))
@@ -275,9 +320,14 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
         per-request dependency solving (the hottest route's largest fixed
         cost). The route above stays for the OpenAPI document; this one is
         matched first. Same checks, same answers."""
-        user_id = authenticate(request.app.state.parts, request.headers.get("authorization"))
+        try:
+            user_id = authenticate(request.app.state.parts, request.headers.get("authorization"))
+        except ApiError as exc:  # 401, 429: orders turned away too
+            metrics.order_rejected(exc.code)
+            raise
         key = request.headers.get("x-idempotency-key")
         if key is not None and len(key) > 128:
+            metrics.order_rejected("invalid_request")
             raise ApiError(400, "invalid_request",
                            "x-idempotency-key: String should have at most 128 characters",
                            "x-idempotency-key")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any, Callable, Mapping, TypeVar
 
 from fastapi import Request
 import orjson
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+
+from . import limits
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -70,8 +70,10 @@ async def parse_body(request: Request, model: type[Model], check: BodyCheck | No
     `check` may raise ApiError on the decoded object before the model reads it."""
     raw = await request.body()
     try:
-        data = json.loads(raw, parse_float=Decimal) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = limits.loads(raw) if raw else None
+    except limits.LimitExceeded as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "body must be a JSON object", "body")

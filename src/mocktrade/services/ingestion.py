@@ -16,6 +16,7 @@ import random
 import websockets
 from websockets.exceptions import InvalidURI, WebSocketException
 
+from .. import metrics
 from ..domain.events import TOPIC_MARKET_DATA, encode, market_data_payload
 from ..domain.model import PriceTick
 from ..feed.parsers import FeedFormatError, parse_events, parse_tick
@@ -124,3 +125,4 @@ class IngestionService:
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self._max_backoff)
         self.ticks_published += len(batch)
+        metrics.FEED_TICKS.inc(len(batch))

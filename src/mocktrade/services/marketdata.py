@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 from starlette.routing import BaseRoute, WebSocketRoute
 
+from .. import metrics
 from ..domain.events import (TOPIC_MARKET_DATA, EventDecodeError, decode_envelope,
                              decode_market_data, format_time)
 from ..domain.model import PriceTick
@@ -35,7 +36,7 @@ from ..jobs.deadletter import dead_letter
 from ..jobs.runner import run_consumer
 from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache, PriceSubscription
 from ..supervisor import Supervisor
-from . import phoenix
+from . import limits, phoenix
 from .auth import TokenIssuer
 from .order_stream import ORDER_TOPIC_PREFIX, JoinRefused, OrderStream, order_push
 from .phoenix import PhoenixMessage, PhoenixProtocolError, Serializer
@@ -83,6 +84,9 @@ class Subscriber:
             return True
         except asyncio.QueueFull:
             return False
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
 
     def start_sending(self) -> asyncio.Task:
         self._sender = asyncio.create_task(self._send_all())
@@ -160,7 +164,10 @@ class _AsgiEndpoint:
 class MarketDataService:
     def __init__(self, event_log: EventLog, price_cache: PriceCache, symbols: Iterable[str],
                  client_buffer: int = 256, *, close_timeout: float = 2.0,
-                 portfolios: PortfolioStore | None = None, tokens: TokenIssuer | None = None):
+                 portfolios: PortfolioStore | None = None, tokens: TokenIssuer | None = None,
+                 max_topics: int = limits.WS_MAX_TOPICS,
+                 message_rate: float = limits.WS_MESSAGES_PER_SECOND,
+                 message_burst: int = limits.WS_MESSAGE_BURST):
         if client_buffer < 1:
             raise ValueError("client_buffer must be at least 1")
         self._event_log = event_log
@@ -183,6 +190,10 @@ class MarketDataService:
         self.updates_fanned_out = 0
         self.slow_clients_dropped = 0
         self.protocol_errors = 0
+        # Per connection (services.limits): channels joined at once, and messages per second.
+        self._max_topics, self._message_rate = max_topics, (message_rate, message_burst)
+        self.joins_refused = 0
+        self.messages_rate_limited = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -208,7 +219,8 @@ class MarketDataService:
                 "deadLettered": self.dead_lettered,
                 "orderUpdatesPushed": self._orders.pushed if self._orders else 0,
                 "updatesFannedOut": self.updates_fanned_out,
-                "protocolErrors": self.protocol_errors}
+                "protocolErrors": self.protocol_errors, "joinsRefused": self.joins_refused,
+                "messagesRateLimited": self.messages_rate_limited}
 
     def routes(self) -> list[BaseRoute]:
         # Phoenix JS appends "/websocket" to the socket URL it is given.
@@ -258,6 +270,7 @@ class MarketDataService:
                 self._latest[tick.symbol] = tick
                 self.updates_fanned_out += 1
                 self._hub.publish(tick)
+                metrics.price_fanned_out(tick.timestamp)
         finally:
             await subscription.aclose()
 
@@ -275,6 +288,7 @@ class MarketDataService:
             self._orders.remove(subscriber)
         self._hub.remove(subscriber)
         self.slow_clients_dropped += 1
+        metrics.WS_DROPPED.inc()
         log.warning("slow market-data client disconnected",
                     extra={"client": subscriber.peer, "buffer": self._client_buffer})
         subscriber.kick(CLOSE_TRY_AGAIN_LATER)
@@ -287,6 +301,7 @@ class MarketDataService:
         await send({"type": "websocket.accept"})
         subscriber = Subscriber(send, self._client_buffer, _announced_serializer(scope), _peer(scope))
         self._subscribers.add(subscriber)
+        metrics.WS_CLIENTS.inc()
         reader = asyncio.create_task(self._read(subscriber, receive))
         sender = subscriber.start_sending()
         try:
@@ -296,6 +311,7 @@ class MarketDataService:
                 self._orders.remove(subscriber)
             self._hub.remove(subscriber)
             self._subscribers.discard(subscriber)
+            metrics.WS_CLIENTS.dec()
             reader.cancel()
             sender.cancel()
             await asyncio.gather(reader, sender, return_exceptions=True)
@@ -307,6 +323,7 @@ class MarketDataService:
                                        self._close_timeout)
 
     async def _read(self, subscriber: Subscriber, receive: AsgiReceive) -> None:
+        rate = limits.MessageRate(*self._message_rate)
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -314,9 +331,15 @@ class MarketDataService:
             frame = message.get("text")
             if frame is None:
                 frame = message.get("bytes") or b""
-            await self._handle(subscriber, frame)
+            await self._handle(subscriber, frame, rate.allow())
+            # A burst of messages must not fill the client's queue with replies
+            # before its sender runs: read on once it has drained to half.
+            # (A client that reads nothing is dropped by the next push.)
+            while (subscriber.backlog() > self._client_buffer // 2
+                   and subscriber.close_code is None):
+                await asyncio.sleep(0.002)
 
-    async def _handle(self, subscriber: Subscriber, frame: str | bytes) -> None:
+    async def _handle(self, subscriber: Subscriber, frame: str | bytes, allowed: bool = True) -> None:
         try:
             message, serializer = phoenix.decode_message(frame)
         except PhoenixProtocolError as exc:
@@ -326,8 +349,17 @@ class MarketDataService:
             return
         # What the client actually sends beats what its vsn parameter promised.
         subscriber.serializer = serializer
-        if message.event == phoenix.EVENT_HEARTBEAT and message.topic == phoenix.PHOENIX_TOPIC:
+        if not allowed:  # over the connection's message rate: answered, not acted on
+            self.messages_rate_limited += 1
+            self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_ERROR,
+                                                  {"reason": "rate limited"}))
+        elif message.event == phoenix.EVENT_HEARTBEAT and message.topic == phoenix.PHOENIX_TOPIC:
             self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_OK))
+        elif (message.event == phoenix.EVENT_JOIN and message.topic not in subscriber.topics
+              and len(subscriber.topics) >= self._max_topics):
+            self.joins_refused += 1
+            self._reply(subscriber, phoenix.reply(message, phoenix.STATUS_ERROR,
+                                                  {"reason": "too many joins"}))
         elif message.event == phoenix.EVENT_JOIN:
             await self._join(subscriber, message)
         elif message.event == phoenix.EVENT_LEAVE:

@@ -369,5 +369,13 @@ class SqliteLogConsumer:
         if next_offsets:
             self._log._commit(self._group, self._topic, next_offsets)
 
+    async def lag(self) -> dict[int, int]:
+        """Records not yet read, per partition: end offset minus position (metrics)."""
+        if self._closed or self._log.closed:
+            return {}
+        conn = self._log._conn
+        return {p: max(self._log._end(conn, self._topic, p) - position, 0)
+                for p, position in enumerate(self._positions)}
+
     async def close(self) -> None:
         self._closed = True
