@@ -119,8 +119,6 @@ thread pool.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import logging
@@ -145,8 +143,9 @@ from ..domain.lifecycle import (AccountReset, Instruction, OrderState, PlaceOrde
                                 Step, Transition)
 from ..domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, Side
 from ..domain.money import CASH_QUANTUM, QUANTITY_QUANTUM, fmt, parse_cash
-from ..ports import (Account, AccountExists, DependencyUnavailable, InvalidPageToken, OrderPage,
+from ..ports import (Account, AccountExists, DependencyUnavailable, OrderPage,
                      OrderQuery)
+from .page_tokens import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -299,23 +298,6 @@ def _order_item(state: OrderState) -> dict[str, Any]:
 
 def _order_state(item: Mapping[str, Any]) -> OrderState:
     return decode_order_record(orjson.loads(item["record"]["S"]))
-
-
-def _encode_page_token(micros: int, order_id: str) -> str:
-    raw = orjson.dumps([micros, order_id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode_page_token(token: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        micros, order_id = orjson.loads(raw)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidPageToken("pageToken is not a token this service issued") from None
-    if (not isinstance(micros, int) or isinstance(micros, bool) or micros < 0
-            or not isinstance(order_id, str)):
-        raise InvalidPageToken("pageToken is not a token this service issued")
-    return micros, order_id
 
 
 def _order_id_of(instruction: Instruction) -> str:
@@ -487,7 +469,7 @@ class DynamoDbPortfolioStore:
     async def orders(self, query: OrderQuery) -> OrderPage:
         condition, values = "userId = :u", {":u": _s(query.user_id)}
         if query.page_token:
-            micros, order_id = _decode_page_token(query.page_token)
+            micros, order_id = decode_page_token(query.page_token)
             condition += " AND orderedAt < :after"
             values[":after"] = _s(_ordered_key(micros, order_id))
         filters, names = [], {}
@@ -521,7 +503,7 @@ class DynamoDbPortfolioStore:
         token = None
         if len(items) > query.limit:
             last = states[-1]
-            token = _encode_page_token(_micros(last.order.order_timestamp), last.order_id)
+            token = encode_page_token(_micros(last.order.order_timestamp), last.order_id)
         return OrderPage(states, token)
 
     async def open_orders(self) -> list[OrderState]:

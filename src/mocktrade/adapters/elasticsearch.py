@@ -88,7 +88,7 @@ import orjson
 from ..domain.model import Execution, ExecutionStatus, Side
 from ..domain.money import fmt
 from ..ports import DependencyUnavailable, TradePage, TradeQuery
-from .embedded.history import decode_page_token, encode_page_token
+from .page_tokens import decode_page_token, encode_page_token
 
 DEPENDENCY = "elasticsearch"
 BASE_NAME = "trading_trades"

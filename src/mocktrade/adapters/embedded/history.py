@@ -18,8 +18,6 @@ releases the GIL while SQLite works.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +25,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-import orjson
-
 from ...domain.model import Execution, ExecutionStatus, Side
 from ...domain.money import fmt
-from ...ports import InvalidPageToken, TradePage, TradeQuery
+from ...ports import TradePage, TradeQuery
+from ..page_tokens import decode_page_token, encode_page_token
 from ._sqlite import connect, dec, from_micros, to_micros, write_transaction
 
 _T = TypeVar("_T")
@@ -61,23 +58,6 @@ CREATE INDEX IF NOT EXISTS trades_by_user_status
 
 _COLUMNS = ("orderId, userId, symbol, quantity, side, status, executionPrice, executedAtUs, "
             "failureReason, orderedAtUs")
-
-
-def encode_page_token(executed_at_us: int, order_id: str) -> str:
-    raw = orjson.dumps([executed_at_us, order_id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_page_token(token: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        executed_at_us, order_id = orjson.loads(raw)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidPageToken("pageToken is not a token this service issued") from None
-    if (not isinstance(executed_at_us, int) or isinstance(executed_at_us, bool)
-            or not isinstance(order_id, str)):
-        raise InvalidPageToken("pageToken is not a token this service issued")
-    return executed_at_us, order_id
 
 
 def _row(e: Execution) -> tuple[Any, ...]:

@@ -35,7 +35,7 @@ from ...domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, 
 from ...domain.money import fmt, parse_cash
 from ...ports import Account, AccountExists, OrderPage, OrderQuery
 from ._sqlite import connect, dec, to_micros, write_transaction
-from .history import decode_page_token, encode_page_token
+from ..page_tokens import decode_page_token, encode_page_token
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
