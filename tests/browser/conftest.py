@@ -39,7 +39,10 @@ def console_platform(feed, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running
+# in this thread while it is open, which would break every asyncio test
+# collected after the browser tests.
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import PASSWORD, SYMBOLS, Console, sync_api, unique_user
-from tests.e2e.conftest import RunningPlatform
+from tests.e2e.conftest import RunningPlatform, wait_for
 
 expect = sync_api.expect
 
@@ -20,6 +20,9 @@ def distributed_platform(feed, tmp_path_factory, request):
            "MOCKTRADE_SIGNUP": "on"}
     running = RunningPlatform(tmp_path_factory.mktemp("console-dist") / "data", env=env,
                               engines=engines).start(timeout=180)
+    # The watchlist lists the symbols that have a price when the page loads.
+    wait_for(lambda: all(httpx.get(f"{running.base}/v1/prices/{s}", timeout=5).status_code == 200
+                         for s in SYMBOLS), timeout=60)
     yield running
     running.stop()
 
