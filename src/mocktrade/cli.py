@@ -211,7 +211,8 @@ def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
     if not is_free(settings.host, settings.port):
         raise CommandError(taken_message(settings.host, settings.port, name))
 
-    from .services.limits import WS_MAX_MESSAGE_BYTES, LimitedHttpToolsProtocol
+    from .services.http_protocol import LimitedHttpToolsProtocol
+    from .services.limits import WS_MAX_MESSAGE_BYTES
 
     # httptools with caps on the request target (414) and headers (431); WebSocket
     # messages over 64 KiB close the connection with 1009 (services.limits).

@@ -171,3 +171,25 @@ def test_the_execution_job_reads_orders_and_commands_and_writes_order_updates(tm
     assert set(output_topics("execution")) == {"trade_executed", "order_updates", "trade_orders.dlq",
                                                "order_commands.dlq"}
     assert "`topic` STRING METADATA VIRTUAL" in source_table_ddl(settings, options)
+
+
+def test_the_persistence_job_reads_ticks_as_the_bars_group_from_its_offsets_else_the_latest(tmp_path):
+    from mocktrade.jobs.flink.job import TICKS_SQL, output_topics
+
+    settings = Settings(data_dir=tmp_path, table_prefix="p_", kafka_bootstrap="k:9092")
+    options = FlinkJobOptions.from_env("persistence", settings)
+    assert options.source_topics == ("p_trade_executed", "p_market_data")
+    assert options.group_of("p_trade_executed") == options.group == "p_trade-persistence"
+    # The consumer-group runner's group for the ticks (TICK_PERSISTENCE_GROUP).
+    assert options.group_of("p_market_data") == "p_trade-persistence-bars"
+    ticks = source_table_ddl(settings, options, "tick_records", "p_market_data", reset="latest")
+    for needle in ("'topic' = 'p_market_data'", "'properties.group.id' = 'p_trade-persistence-bars'",
+                   "'properties.client.id.prefix' = 'p_trade-persistence-bars-p_market_data'",
+                   "'scan.startup.mode' = 'group-offsets'", "'properties.auto.offset.reset' = 'latest'",
+                   "'properties.commit.offsets.on.checkpoint' = 'true'"):
+        assert needle in ticks
+    assert TICKS_SQL.count("persist_ticks(") == 1  # one call per tick
+    assert output_topics("persistence") == ("trade_executed.dlq",)
+    # The other jobs' sources all read as the job's group.
+    triggers = FlinkJobOptions.from_env("triggers", settings)
+    assert {triggers.group_of(t) for t in triggers.source_topics} == {"p_trade-triggers"}

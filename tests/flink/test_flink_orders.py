@@ -6,7 +6,9 @@ it, then the trigger job's TRIGGER fills it at the tick's price; a CANCEL on
 order_commands cancels an open order; a DAY order expires at its expireAt
 (the trigger job's processing-time timer); and kill -9 of the trigger job's
 Flink JVM, then its restart from the last checkpoint, keeps a resting order
-(in keyed state, not re-read from the log) that a later tick fills once.
+(in keyed state, not re-read from the log) that a later tick fills once; and
+a first start (checkpoints gone) with order_updates truncated, as retention
+would, still knows a resting order: loaded from the portfolio store.
 
 Each test trades its own symbols (names the feed never ticks), so only the
 ticks a test publishes move them.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -203,7 +206,7 @@ def test_kill_9_of_the_trigger_job_keeps_a_resting_order_that_a_later_tick_fills
     status_becomes(platform, order_id, "OPEN")
     # A completed checkpoint covers the OPEN update (offsets are committed with it).
     wait_for(lambda: group_is_at_the_end(platform, "order_updates", "trade-triggers"), timeout=60, interval=0.5)
-    starts = len(service_starts(platform, "triggers"))
+    starts, seeded = len(service_starts(platform, "triggers")), len(seeded_books(platform))
     os.kill(int((platform.data_dir / "flink" / "triggers" / "jvm.pid").read_text()), signal.SIGKILL)
     wait_for(lambda: len(service_starts(platform, "triggers")) > starts, timeout=60, interval=0.5)
     restore = service_starts(platform, "triggers")[-1]["restoreFrom"]
@@ -218,6 +221,55 @@ def test_kill_9_of_the_trigger_job_keeps_a_resting_order_that_a_later_tick_fills
     # The order came back from the checkpoint's keyed state (the restored
     # source resumed after its OPEN update, it did not read it again).
     assert any(b["symbol"] == sym and b["restingOrders"] >= 1 for b in restored_books(platform))
+    assert len(seeded_books(platform)) == seeded  # a restore does not load the store again
     time.sleep(3)  # a second fill would come now
     assert [o["status"] for o in outcomes(platform, order_id).values()] == ["EXECUTED"]
     assert Decimal(portfolio(platform)["holdings"][sym]) == Decimal("3")
+
+
+def seeded_books(platform: RunningPlatform) -> list[dict]:
+    """What the trigger job loaded from the portfolio store (first starts only)."""
+    path = platform.data_dir / "flink" / "triggers" / "flink.log"
+    return [json.loads(line) for line in path.read_text(errors="replace").splitlines()
+            if line.startswith('{"event":"trigger book seeded"')]
+
+
+def truncate(platform: RunningPlatform, topic: str) -> None:
+    """Delete every record of `topic` so far, as retention would."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": platform.env["MOCKTRADE_KAFKA_BOOTSTRAP"]})
+    topic = platform.env["MOCKTRADE_TABLE_PREFIX"] + topic
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = [TopicPartition(topic, tp.partition, f.result(10).offset) for tp, f in admin.list_offsets(
+        {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}).items()]
+    for f in admin.delete_records(ends).values():
+        f.result(10)
+
+
+def test_a_first_start_loads_the_stores_open_orders_the_log_no_longer_has(platform):
+    sym = symbol()
+    order_id = place_limit(platform, sym, "30.00")
+    status_becomes(platform, order_id, "OPEN")
+    wait_for(lambda: group_is_at_the_end(platform, "order_updates", "trade-triggers"), timeout=60, interval=0.5)
+    # A first start (no checkpoint to restore) of a trigger job that reads
+    # order_updates from the earliest record, none of them about the order.
+    starts, seeded = len(service_starts(platform, "triggers")), len(seeded_books(platform))
+    directory = platform.data_dir / "flink" / "triggers"
+    os.kill(int((directory / "jvm.pid").read_text()), signal.SIGKILL)
+    shutil.rmtree(directory / "checkpoints")  # the service waits >= 0.5 s before it looks
+    truncate(platform, "order_updates")
+    assert not events(platform, "order_updates", order_id)
+    wait_for(lambda: len(service_starts(platform, "triggers")) > starts, timeout=60, interval=0.5)
+    assert service_starts(platform, "triggers")[-1]["restoreFrom"] is None
+    time.sleep(2)
+    wait_for(lambda: job_ready(platform, "triggers"), timeout=180, interval=1)
+    (load,) = seeded_books(platform)[seeded:]
+    assert load["openOrders"] >= 1
+
+    tick(platform, sym, "29.00")
+    filled = status_becomes(platform, order_id, "EXECUTED", timeout=90)
+    assert Decimal(filled["executionPrice"]) == Decimal("29.00")
+    time.sleep(3)  # a second fill would come now
+    assert [o["status"] for o in outcomes(platform, order_id).values()] == ["EXECUTED"]

@@ -24,17 +24,22 @@ Topology:
   triggers: Kafka table sources on market_data (group offsets, else latest:
   an old tick is no price) and order_updates (from the earliest retained
   record whenever no checkpoint is restored, so a first start or a start
-  without a checkpoint rebuilds the whole book), connected and both keyed by
-  the payload's symbol -> TriggerOrders (resting orders in keyed state, the
+  without a checkpoint rebuilds the whole book) together with, on such a
+  start, the portfolio store's OPEN orders as OPEN updates (a one-element
+  bounded source -> SeedOpenOrders; SQL UNION ALL with the source table; the
+  book keeps the newest seq, so their order does not matter), connected and
+  both keyed by the payload's symbol -> TriggerOrders (resting orders in keyed state, the
   shared TriggerBook's matching) -> Kafka sink to order_commands (TRIGGER and,
   from processing-time timers at each DAY order's expires_at, EXPIRE; keyed
   by userId), and a side output -> Kafka sink to order_updates.dlq.
   persistence: the same source on trade_executed -> SQL calling the
   vectorized UDF persist_trades (the shared PersistenceHandler, one call per
   Arrow batch) -> the records it could not decode -> Kafka sink to
-  trade_executed.dlq.
+  trade_executed.dlq; and market_data (group trade-persistence-bars, else
+  latest) -> SQL calling persist_ticks (TickPersistenceHandler: one analytics
+  record_ticks call per Arrow batch) -> a blackhole sink.
   Sinks are at-least-once (flushed at each checkpoint barrier); all sources
-  commit their offsets to the job's group on each completed checkpoint.
+  commit their offsets to their group on each completed checkpoint.
 """
 
 from __future__ import annotations
@@ -110,13 +115,14 @@ def source_table_ddl(settings: Settings, options: FlinkJobOptions, table: str = 
     checkpoint's offsets win, and offsets are committed on each checkpoint.
     """
     topic = topic or options.source_topic
+    group = options.group_of(topic)
     props = {
         "connector": "kafka",
         "topic": topic,
         "properties.bootstrap.servers": settings.kafka_bootstrap,
-        "properties.group.id": options.group,
-        # Several sources of one job share its group: distinct client ids.
-        "properties.client.id.prefix": f"{options.group}-{topic}",
+        "properties.group.id": group,
+        # Several sources of one job may share its group: distinct client ids.
+        "properties.client.id.prefix": f"{group}-{topic}",
         "properties.auto.offset.reset": reset,
         "properties.commit.offsets.on.checkpoint": "true",
         "scan.startup.mode": startup,
@@ -207,13 +213,25 @@ FROM (SELECT k, v, headers, `partition`, `offset`,
       FROM source_records)
 WHERE reason IS NOT NULL"""
 
+# Every tick goes through persist_ticks once (one record_ticks call per Arrow
+# batch, flushed like the trades' before each checkpoint barrier). Its result
+# (always NULL: the market-data service dead-letters undecodable ticks) goes
+# to a blackhole: a pipeline needs a sink, and a filter on it would make the
+# planner call the UDF twice.
+TICKS_SQL = """INSERT INTO {sink}
+SELECT persist_ticks(k, v, `partition`, `offset`) FROM {source}"""
+
+
+def discard_table_ddl(table: str) -> str:
+    return f"CREATE TABLE {table} (`reason` STRING) WITH ('connector' = 'blackhole')"
+
 
 def build(job: str):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
-    from mocktrade.jobs.flink.operators import dead_letter_headers_udf, persist_batch
+    from mocktrade.jobs.flink.operators import dead_letter_headers_udf, persist_batch, persist_ticks
 
     settings = Settings.from_env(os.environ.get("MOCKTRADE_DATA_DIR"))
     if not settings.kafka_bootstrap:
@@ -240,13 +258,20 @@ def build(job: str):
     if job == "execution":
         _execution(t_env, settings, options, sink)
     elif job == "triggers":
-        _triggers(t_env, settings, options, sink)
+        _triggers(env, t_env, settings, options, sink)
     else:
         t_env.execute_sql(source_table_ddl(settings, options))
         topic = options.source_topic.removeprefix(prefix)
         t_env.create_temporary_function("persist_trades", persist_batch(topic))
         t_env.create_temporary_function("dead_letter_headers", dead_letter_headers_udf(topic))
         sinks.add_insert_sql(PERSISTENCE_SQL.format(sink=sink_tables[dead_letter_topic(topic)]))
+        # market_data -> analytics ticks (price bars), as group trade-persistence-bars:
+        # from its committed offsets, else the latest (bars of a new group start now).
+        ticks_topic = options.source_topics[1]
+        t_env.execute_sql(source_table_ddl(settings, options, "tick_records", ticks_topic, reset="latest"))
+        t_env.create_temporary_function("persist_ticks", persist_ticks(ticks_topic.removeprefix(prefix)))
+        t_env.execute_sql(discard_table_ddl("ticks_discarded"))
+        sinks.add_insert_sql(TICKS_SQL.format(sink="ticks_discarded", source="tick_records"))
     sinks.attach_as_datastream()
     return env, options
 
@@ -274,15 +299,34 @@ def _execution(t_env, settings: Settings, options: FlinkJobOptions, sink) -> Non
         sink(topic, out.get_side_output(output_tag(topic)))
 
 
-def _triggers(t_env, settings: Settings, options: FlinkJobOptions, sink) -> None:
-    from pyflink.common import Types
+def _triggers(env, t_env, settings: Settings, options: FlinkJobOptions, sink) -> None:
+    from pyflink.common import Types, WatermarkStrategy
+    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
     from mocktrade.domain.events import TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES
-    from mocktrade.jobs.flink.operators import KAFKA_ROW, TriggerOrders, output_tag, payload_symbol
+
+    from mocktrade.jobs.flink.operators import (KAFKA_ROW, SOURCE_ROW, SeedOpenOrders, TriggerOrders,
+                                                output_tag, payload_symbol)
 
     ticks_topic, updates_topic = options.source_topics
     ticks = _source(t_env, settings, options, ticks_topic, reset="latest")
-    updates = _source(t_env, settings, options, updates_topic, startup="earliest-offset")
+    # The store's OPEN orders as OPEN updates (with their stored seq), beside
+    # the log's: orders older than order_updates' retention rest too. One
+    # bounded source element makes one load; a checkpoint records the source
+    # finished, so only a start without a checkpoint to restore loads (the
+    # book keeps the newest seq per order: a load, or the log after it, is
+    # harmless to see twice).
+    t_env.execute_sql(source_table_ddl(settings, options, "order_updates_source", updates_topic,
+                                       startup="earliest-offset"))
+    seed = env.from_source(NumberSequenceSource(0, 0), WatermarkStrategy.no_watermarks(), "open-orders-load") \
+        .uid("open-orders-load") \
+        .flat_map(SeedOpenOrders(updates_topic), output_type=SOURCE_ROW) \
+        .uid("seed-open-orders").name("seed-open-orders").set_parallelism(1)
+    t_env.create_temporary_view("open_orders_seed", t_env.from_data_stream(seed))
+    # One stream of updates (a SQL union: the source table's rows and the
+    # function's have different Java type infos).
+    updates = t_env.to_data_stream(t_env.sql_query(
+        "SELECT * FROM open_orders_seed UNION ALL SELECT * FROM order_updates_source"))
     out = ticks.connect(updates).key_by(payload_symbol, payload_symbol, key_type=Types.STRING()) \
         .process(TriggerOrders(settings.table_prefix), output_type=KAFKA_ROW) \
         .uid("trigger-orders").name("trigger-orders")

@@ -20,9 +20,13 @@ Why a checkpoint never covers unfinished work:
   (history bulk, analytics batch), and before a checkpoint barrier passes it
   finishes the bundle, sending the partial batch and waiting for the call.
   So everything read before a checkpoint is written when it completes.
+  The ticks of market_data go the same way through a second vectorized UDF
+  (one analytics record_ticks call per batch).
 - triggers (connected streams keyed by symbol): the resting orders are keyed
   state, snapshotted with the source offsets; the commands a record caused
-  are in the at-least-once sink before the checkpoint after it completes.
+  are in the at-least-once sink before the checkpoint after it completes. A
+  start without a checkpoint first loads the portfolio store's OPEN orders
+  (SeedOpenOrders) into the order_updates stream.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import asyncio
 import logging
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Iterable
 
 import orjson
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import (FlatMapFunction, KeyedCoProcessFunction, KeyedProcessFunction, OutputTag,
+                                RuntimeContext)
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
@@ -45,7 +51,8 @@ from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 from ...config import Settings
 from ...domain.events import (TOPIC_TRADE_EXECUTED, EventDecodeError, decode_envelope,
                               decode_market_data, decode_order_update, decode_trade_order,
-                              encode_order_command, format_time, parse_time, trade_order_payload)
+                              encode_order_command, encode_order_update, format_time, parse_time,
+                              trade_order_payload)
 from ...domain.lifecycle import OrderStatus
 from ...domain.triggers import TriggerBook
 from ...ports import LogRecord
@@ -56,7 +63,10 @@ from ..triggers import SOURCE as TRIGGER_SOURCE
 
 log = logging.getLogger("mocktrade.flink")
 
-COUNTERS = ("executed", "failed", "persisted", "deadLettered")
+COUNTERS = ("executed", "failed", "persisted", "deadLettered", "ticksRecorded", "openOrdersLoaded")
+# Handler stats whose counter is named otherwise.
+_COUNTER_NAMES = {"dead_lettered": "deadLettered", "recorded": "ticksRecorded",
+                  "open_orders": "openOrdersLoaded"}
 
 
 class HandlerHost:
@@ -84,7 +94,7 @@ class HandlerHost:
             await self.handler.handle(batch)
         self.loop.run_until_complete(handle_until_done(attempt, records, self.topic))
         for name, value in vars(self.handler.stats).items():
-            counter = self.counters.get({"dead_lettered": "deadLettered"}.get(name, name))
+            counter = self.counters.get(_COUNTER_NAMES.get(name, name))
             if counter is not None and value > self._reported.get(name, 0):
                 counter.inc(value - self._reported.get(name, 0))
                 self._reported[name] = value
@@ -113,6 +123,10 @@ def log_record(row: Row, topic: str) -> LogRecord:
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 KAFKA_ROW = Types.ROW_NAMED(["k", "v", "headers"], [Types.STRING(), BYTES, Types.MAP(Types.STRING(), BYTES)])
 _OUTPUTS: dict[str, OutputTag] = {}
+# A row of the Kafka source tables (what the seed of the trigger job emits too).
+SOURCE_ROW = Types.ROW_NAMED(["k", "v", "topic", "partition", "offset", "headers"],
+                             [Types.STRING(), BYTES, Types.STRING(), Types.INT(), Types.LONG(),
+                              Types.MAP(Types.STRING(), BYTES)])
 
 
 def output_tag(topic: str) -> OutputTag:
@@ -186,6 +200,54 @@ def _closed_orders(book: TriggerBook) -> set[str]:
 def _expiry_ms(moment: datetime) -> int:
     """A timer at or after `moment` (an EXPIRE's `at` must not precede expires_at)."""
     return math.ceil(moment.timestamp() * 1000)
+
+
+@dataclass
+class OpenOrdersStats:
+    open_orders: int = 0
+
+
+class OpenOrdersLoad:
+    """A "handler" (for HandlerHost: retried while the store is down) that
+    reads the portfolio store's OPEN orders."""
+
+    def __init__(self, resources, outbox: Outbox):
+        self._portfolios = resources.portfolios
+        self.states: list = []
+        self.stats = OpenOrdersStats()
+
+    async def handle(self, _records) -> None:
+        self.states = await self._portfolios.open_orders()
+        self.stats.open_orders = len(self.states)
+
+
+class SeedOpenOrders(FlatMapFunction):
+    """The trigger job's first-start load (as TriggerHandler.load does on each
+    start of the consumer-group runner): for the one element of a bounded
+    source, the store's OPEN orders as order_updates rows, each the OPEN
+    update with the order's stored last seq. Orders older than order_updates'
+    retention are thus in the book; replayed beside the log's own updates it
+    changes nothing (the book keeps the newest seq per order, and an order
+    the log saw final stays closed). Restored from a checkpoint, the source
+    is finished and nothing is loaded: the keyed state has the book."""
+
+    def __init__(self, topic: str):
+        self.topic = topic  # order_updates, prefixed
+
+    def open(self, runtime_context: RuntimeContext):
+        self.host = HandlerHost("triggers-load", OpenOrdersLoad, runtime_context.get_metrics_group())
+
+    def flat_map(self, value):
+        self.host.run([])
+        states = self.host.handler.states
+        print(orjson.dumps({"event": "trigger book seeded", "openOrders": len(states)}).decode(), flush=True)
+        for state in states:
+            yield Row(k=state.user_id, v=encode_order_update(state, state.transitions[-1], TRIGGER_SOURCE),
+                      topic=self.topic, partition=-1, offset=-1, headers={})
+
+    def close(self):
+        if hasattr(self, "host"):
+            self.host.close()
 
 
 class TriggerOrders(KeyedCoProcessFunction):
@@ -314,16 +376,26 @@ def _persistence_handler(resources, outbox: Outbox):
     return PersistenceHandler(resources.history, resources.analytics, outbox)
 
 
+def _tick_persistence_handler(resources, outbox: Outbox):
+    from ..tick_persistence import TickPersistenceHandler
+
+    return TickPersistenceHandler(resources.analytics)
+
+
 class PersistBatch(ScalarFunction):
     """Vectorized (pandas) UDF: one Arrow batch of trade_executed records ->
     one PersistenceHandler call; per record, None once written, or the reason
-    it could not be decoded (the job sends those to the dead-letter topic)."""
+    it could not be decoded (the job sends those to the dead-letter topic).
+    With `ticks`: market_data records -> one TickPersistenceHandler call
+    (analytics record_ticks); always None (undecodable ticks are skipped: the
+    market-data service dead-letters them)."""
 
-    def __init__(self, topic: str):
-        self.topic = topic
+    def __init__(self, topic: str, ticks: bool = False):
+        self.topic, self.ticks = topic, ticks
 
     def open(self, function_context: FunctionContext):
-        self.host = HandlerHost(self.topic, _persistence_handler, function_context.get_metric_group())
+        handler = _tick_persistence_handler if self.ticks else _persistence_handler
+        self.host = HandlerHost(self.topic, handler, function_context.get_metric_group())
 
     def eval(self, k, v, partition, offset):
         import pandas as pd
@@ -341,6 +413,10 @@ class PersistBatch(ScalarFunction):
 
 def persist_batch(topic: str):
     return udf(PersistBatch(topic), result_type=DataTypes.STRING(), func_type="pandas")
+
+
+def persist_ticks(topic: str):
+    return udf(PersistBatch(topic, ticks=True), result_type=DataTypes.STRING(), func_type="pandas")
 
 
 def dead_letter_headers_udf(topic: str):

@@ -30,13 +30,19 @@ from pathlib import Path
 from ...config import Settings
 from ...domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES,
                               TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS)
+from ..tick_persistence import TICK_PERSISTENCE_GROUP
 
 JOBS = {
     # job: (source topics, the first one its main input; consumer group)
     "execution": ((TOPIC_TRADE_ORDERS, TOPIC_ORDER_COMMANDS), "trade-execution"),
-    "persistence": ((TOPIC_TRADE_EXECUTED,), "trade-persistence"),
+    # market_data: the ticks for price bars, read as a group of their own
+    # (SOURCE_GROUPS), as the consumer-group runner's persistence job does.
+    "persistence": ((TOPIC_TRADE_EXECUTED, TOPIC_MARKET_DATA), "trade-persistence"),
     "triggers": ((TOPIC_MARKET_DATA, TOPIC_ORDER_UPDATES), "trade-triggers"),
 }
+
+# Sources (job, topic) that read as a group other than the job's.
+SOURCE_GROUPS = {("persistence", TOPIC_MARKET_DATA): TICK_PERSISTENCE_GROUP}
 
 
 def _env(name: str, default: str) -> str:
@@ -61,6 +67,13 @@ class FlinkJobOptions:
     def source_topic(self) -> str:
         """The main input (with the table prefix)."""
         return self.source_topics[0]
+
+    def group_of(self, topic: str) -> str:
+        """The consumer group (prefixed) whose offsets the source on `topic`
+        (prefixed) starts from and commits to."""
+        prefix = self.group.removesuffix(JOBS[self.job][1])
+        name = SOURCE_GROUPS.get((self.job, topic.removeprefix(prefix)))
+        return prefix + name if name else self.group
 
     @property
     def python_mode(self) -> str:
