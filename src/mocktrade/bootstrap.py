@@ -202,10 +202,15 @@ def persistence_job(r: Resources) -> Callable[[], Awaitable[None]]:
 
     async def run() -> None:
         await asyncio.gather(
+            # A quarter second of trades per batch: history and analytics
+            # writes cost per batch (the hourly volume is recomputed).
             run_consumer(r.event_log, TOPIC_TRADE_EXECUTED, PERSISTENCE_GROUP, handler.handle,
-                         max_records=5000, poll_timeout=0.2),
+                         max_records=5000, poll_timeout=0.2, linger=0.25),
+            # Recording ticks costs per batch (the touched minutes are
+            # recomputed), so gather a second of them: bars are per minute, and
+            # the console moves the forming bar from the price stream meanwhile.
             run_consumer(r.event_log, TOPIC_MARKET_DATA, TICK_PERSISTENCE_GROUP, ticks.handle,
-                         max_records=5000, poll_timeout=0.5))
+                         max_records=5000, poll_timeout=0.5, linger=1.0))
     return run
 
 

@@ -23,9 +23,12 @@ Handler = Callable[[Sequence[LogRecord]], Awaitable[None]]
 async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Handler, *,
                        max_records: int = 500, poll_timeout: float = 0.5,
                        reset: Literal["earliest", "latest"] = "earliest",
-                       stop: asyncio.Event | None = None, commit: bool = True) -> None:
+                       stop: asyncio.Event | None = None, commit: bool = True,
+                       linger: float = 0.0) -> None:
     """`commit=False`: a reader that rebuilds state from the log on every start
-    (and so must leave no committed group behind)."""
+    (and so must leave no committed group behind). `linger`: after the first
+    record, keep gathering for this long (or up to `max_records`) before
+    handling, for handlers whose cost is per batch rather than per record."""
     consumer = event_log.consumer(topic, group, reset=reset)
     meter = metrics.ConsumerMeter(group, topic)
     try:
@@ -34,6 +37,8 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
             await meter.sample_lag(consumer)  # a clock check; a look every few seconds
             if not records:
                 continue
+            if linger > 0:
+                records = await _gather_more(consumer, records, max_records, linger)
             await handle_until_done(handler, records, group)
             if commit:
                 await consumer.commit(records)
@@ -41,6 +46,17 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
     finally:
         meter.close()
         await consumer.close()
+
+
+async def _gather_more(consumer, records: list[LogRecord], max_records: int,
+                       linger: float) -> list[LogRecord]:
+    deadline = asyncio.get_running_loop().time() + linger
+    while len(records) < max_records:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        records = records + await consumer.poll(max_records - len(records), remaining)
+    return records
 
 
 async def handle_until_done(handler: Handler, records: Sequence[LogRecord], group: str) -> None:
