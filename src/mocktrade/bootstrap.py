@@ -439,7 +439,8 @@ def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
     supervises (`jobs_apart`, the default: both cores at work), or all here."""
     jobs = None
     if jobs_apart:
-        from .job_process import JobProcess, free_port
+        from .job_process import JobProcess
+        from .portcheck import free_port
 
         jobs = JobProcess(settings.data_dir, free_port(settings.host), settings.host)
         settings = settings.with_overrides(analytics_url=jobs.url)

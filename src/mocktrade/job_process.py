@@ -19,7 +19,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,6 @@ log = logging.getLogger("mocktrade.jobprocess")
 
 PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def die_with_parent() -> None:

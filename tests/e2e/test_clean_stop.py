@@ -4,7 +4,6 @@ outlives its supervisor."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -12,21 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RunningPlatform, wait_for
+from tests.e2e.conftest import RunningPlatform, process_alive, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _children(data_dir: Path) -> list[int]:
@@ -63,7 +50,7 @@ def test_embedded_up_stops_its_job_process(tmp_path, moment, sig):
     platform = RunningPlatform(tmp_path / "data")
     pids = _stop_when(platform, moment, sig)
     for pid in pids:
-        wait_for(lambda: not _alive(pid), timeout=15)
+        wait_for(lambda: not process_alive(pid), timeout=15)
 
 
 @pytest.mark.parametrize("moment, sig", [("waiting for readiness", signal.SIGTERM),
@@ -75,7 +62,7 @@ def test_distributed_up_stops_every_process_it_started(tmp_path, request, moment
     pids = _stop_when(platform, moment, sig)
     assert pids, "no child was started before the signal"
     for pid in pids:
-        wait_for(lambda: not _alive(pid), timeout=20)
+        wait_for(lambda: not process_alive(pid), timeout=20)
 
 
 def test_a_killed_supervisor_takes_its_children_along(tmp_path, request):
@@ -84,4 +71,4 @@ def test_a_killed_supervisor_takes_its_children_along(tmp_path, request):
     pids = _children(platform.data_dir)
     platform.kill()  # kill -9: no clean-up code runs
     for pid in pids:
-        wait_for(lambda: not _alive(pid), timeout=20)
+        wait_for(lambda: not process_alive(pid), timeout=20)

@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from .conftest import RunningPlatform, wait_for
+from .conftest import RunningPlatform, process_alive, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,7 @@ def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path):
         assert len(load.accepted) >= 300
         # The job process died with `up` (it must not hold chDB for the next one).
         jobs_pid = int((platform.data_dir / "logs" / "jobs.pid").read_text())
-        wait_for(lambda: not _alive(jobs_pid), timeout=10)
+        wait_for(lambda: not process_alive(jobs_pid), timeout=10)
         platform.start()
         _verify(platform)
         load.all_in_history()
@@ -110,15 +110,3 @@ def test_kill_9_of_the_job_process_mid_load_loses_and_duplicates_nothing(tmp_pat
         load.all_in_history()
     finally:
         platform.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie waiting for its (dead) parent to be reaped counts as gone
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -145,7 +145,7 @@ from ..domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, S
 from ..domain.money import CASH_QUANTUM, QUANTITY_QUANTUM, fmt, parse_cash
 from ..ports import (Account, AccountExists, DependencyUnavailable, OrderPage,
                      OrderQuery)
-from .page_tokens import decode_page_token, encode_page_token
+from .page_tokens import decode_page_token, order_page
 
 log = logging.getLogger(__name__)
 
@@ -499,12 +499,8 @@ class DynamoDbPortfolioStore:
             start = response.get("LastEvaluatedKey")
             if not start:
                 break
-        states = [_order_state(item) for item in items[:query.limit]]
-        token = None
-        if len(items) > query.limit:
-            last = states[-1]
-            token = encode_page_token(_micros(last.order.order_timestamp), last.order_id)
-        return OrderPage(states, token)
+        return OrderPage(*order_page([_order_state(item) for item in items[:query.limit + 1]],
+                                     query.limit, _micros))
 
     async def open_orders(self) -> list[OrderState]:
         states, start = [], None

@@ -27,3 +27,14 @@ def decode_page_token(token: str) -> tuple[int, str]:
             or executed_at_us < 0 or not isinstance(order_id, str)):
         raise InvalidPageToken("pageToken is not a token this service issued")
     return executed_at_us, order_id
+
+
+def order_page(states: list, limit: int, micros_of) -> tuple[list, str | None]:
+    """Newest-first orders read `limit + 1` deep: the page, and the token of
+    the next one (None on the last page). `micros_of` turns a time into
+    the microseconds the stores sort by."""
+    page = states[:limit]
+    if len(states) <= limit:
+        return page, None
+    last = page[-1]
+    return page, encode_page_token(micros_of(last.order.order_timestamp), last.order_id)

@@ -35,7 +35,7 @@ from ...domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, 
 from ...domain.money import fmt, parse_cash
 from ...ports import Account, AccountExists, OrderPage, OrderQuery
 from ._sqlite import connect, dec, to_micros, write_transaction
-from ..page_tokens import decode_page_token, encode_page_token
+from ..page_tokens import decode_page_token, order_page
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -281,12 +281,7 @@ class SqlitePortfolioStore:
         rows = self._conn.execute(
             f"SELECT record FROM orders WHERE {' AND '.join(where)} "
             "ORDER BY orderedAtUs DESC, orderId DESC LIMIT ?", (*args, query.limit + 1)).fetchall()
-        states = [_order_state(r) for (r,) in rows[:query.limit]]
-        token = None
-        if len(rows) > query.limit:
-            last = states[-1]
-            token = encode_page_token(to_micros(last.order.order_timestamp), last.order_id)
-        return OrderPage(states, token)
+        return OrderPage(*order_page([_order_state(r) for (r,) in rows], query.limit, to_micros))
 
     async def open_orders(self) -> list[OrderState]:
         return [_order_state(r) for (r,) in self._conn.execute(
