@@ -7,12 +7,15 @@ path pays a counter increment or a histogram observation and nothing else:
 no label lookup, no allocation.
 
 Without prometheus_client (the PyFlink venv imports the job handlers but has
-no need for this) every instrument is a no-op.
+no need for this), or with MOCKTRADE_METRICS=off (to measure what metrics
+cost: bench/orders.py --observability-matrix), every instrument is a no-op
+and /metrics answers 503.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from datetime import datetime
@@ -20,12 +23,17 @@ from typing import Any
 
 log = logging.getLogger("mocktrade.metrics")
 
-try:
-    import prometheus_client
-    from prometheus_client import Counter, Gauge, Histogram
-except ImportError:  # pragma: no cover - the PyFlink venv
-    prometheus_client = None
+# Read once at import: the instruments below are made at import time.
+SWITCHED_OFF = os.environ.get("MOCKTRADE_METRICS", "on").strip().lower() in ("off", "0", "false", "no")
 
+prometheus_client: Any = None
+if not SWITCHED_OFF:
+    try:
+        import prometheus_client
+    except ImportError:  # pragma: no cover - the PyFlink venv
+        prometheus_client = None
+
+if prometheus_client is None:
     class _Noop:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             pass
@@ -50,6 +58,8 @@ except ImportError:  # pragma: no cover - the PyFlink venv
 
     Counter = Gauge = Histogram = _Noop  # type: ignore[misc, assignment]
 else:
+    from prometheus_client import Counter, Gauge, Histogram
+
     # `_created` series double the output and nobody here reads them.
     prometheus_client.disable_created_metrics()
 

@@ -113,14 +113,17 @@ def route_label(scope: Scope) -> str:
 def install(app: Any, peers: Mapping[str, str] | None = None) -> None:
     """The middleware and GET /metrics on `app`; `peers`: process label -> the
     /metrics URL of another process whose series this one serves too."""
-    app.add_middleware(HttpMetricsMiddleware)
+    if metrics.AVAILABLE:  # with metrics off, requests pay nothing for them
+        app.add_middleware(HttpMetricsMiddleware)
     app.router.routes.append(metrics_route(dict(peers or {})))
 
 
 def metrics_route(peers: Mapping[str, str]) -> Route:
     async def serve(_: Request) -> Response:
         if not metrics.AVAILABLE:
-            return Response("prometheus_client is not installed\n", status_code=503,
+            reason = "metrics are off (MOCKTRADE_METRICS=off)" if metrics.SWITCHED_OFF \
+                else "prometheus_client is not installed"
+            return Response(reason + "\n", status_code=503,
                             media_type="text/plain")
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
