@@ -1,8 +1,10 @@
 """Resident memory of `mocktrade up`: idle, and under order load plus WebSocket
-subscribers.
+subscribers; or (--distributed) of each process of the distributed deployment, idle.
 
     .venv/bin/python bench/memory.py                     # about 1.5 minutes
     .venv/bin/python bench/memory.py --duration 60 --subscribers 200
+    .venv/bin/python bench/memory.py --distributed       # about 1.5 minutes
+    MOCKTRADE_JOB_ENGINE=flink .venv/bin/python bench/memory.py --distributed   # jobs on Flink
 
 Starts the platform as a subprocess (fresh data dir, free loopback port) and
 reads VmRSS (resident now) and VmHWM (peak resident) from /proc/PID/status:
@@ -17,6 +19,17 @@ reads VmRSS (resident now) and VmHWM (peak resident) from /proc/PID/status:
 At the end, where the resident memory sits: the largest mappings from
 /proc/PID/smaps (shared libraries such as chDB's, the heap, anonymous).
 
+--distributed: `mocktrade stack up` on free ports (its own stack dir), then
+`mocktrade up --distributed --stack-dir DIR` on a free block of ports; once
+every process is ready and the feed has priced every symbol, `--idle`
+seconds later, per process (each mocktrade process from DATA_DIR/logs/*.pid,
+the launcher itself, each engine from its stack pid file, and any child
+process of those, such as a Flink job's JVM): RSS, PSS and USS from
+/proc/PID/smaps_rollup. PSS charges each shared page to its sharers in
+proportion, so the PSS column adds up to what the deployment costs; USS is
+what stopping that one process would free. Engines and platform are stopped
+at the end.
+
 Loopback only; bounded in time; the server is stopped at the end. Prints
 figures; it never passes or fails on memory.
 """
@@ -25,7 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,8 +54,8 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orders as order_bench  # noqa: E402
-from common import (CpuMeter, Platform, all_latencies, completed, machine, proc_status,  # noqa: E402
-                    run_loadgen, status_line, summary_ms)
+from common import (HOST, CpuMeter, Platform, all_latencies, completed, free_port,  # noqa: E402
+                    machine, mocktrade_command, proc_status, run_loadgen, status_line, summary_ms)
 
 
 def mb(kb: int) -> str:
@@ -156,6 +174,170 @@ async def run(args) -> None:
           f"resident, VmHWM {rows[-1][1]['VmHWM'] / 1024:.0f} MB; {accepted} orders accepted")
 
 
+# -- --distributed: each process of `up --distributed`, idle -----------------------
+
+STACK_PORT_KEYS = ("kafka", "kafka.controller", "redis", "dynamodb", "elasticsearch",
+                   "elasticsearch.transport")
+ENGINES = ("kafka", "redis", "dynamodb", "elasticsearch")
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """kB: Rss, Pss and Uss (private clean + private dirty) of one process."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[-1] == "kB":
+            fields[name] = int(parts[0])
+    return {"Rss": fields.get("Rss", 0), "Pss": fields.get("Pss", 0),
+            "Uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant (a Flink job's JVM and Python workers, a launcher's children)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            queue += kids
+    return found
+
+
+def command_name(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(a.decode(errors="replace") for a in argv if a)
+    if "java" in argv[0].decode(errors="replace"):
+        main = next((a.decode() for a in argv[1:] if a and not a.startswith(b"-") and b"." in a
+                     and b"/" not in a), "java")
+        return "java " + main.rsplit(".", 1)[-1]
+    return text[:60]
+
+
+def pid_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+        return int(orjson.loads(text)["pid"]) if text.startswith("{") else int(text.split()[0])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def free_block(size: int) -> int:
+    """A base port P with P .. P+size-1 free on the loopback."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        try:
+            for offset in range(size):
+                with socket.socket() as s:
+                    s.bind((HOST, base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no free block of {size} ports")
+
+
+def wait_ready(port: int, timeout: float) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def distributed_rows(launcher: int, data_dir: Path, stack_dir: Path) -> list[tuple[str, int, dict]]:
+    """(name, pid, smaps figures) of every process of the deployment."""
+    named: dict[int, str] = {launcher: "launcher (up --distributed)"}
+    for path in sorted((data_dir / "logs").glob("*.pid")):
+        pid = pid_file(path)
+        if pid is not None:
+            named.setdefault(pid, path.stem)
+    for engine in ENGINES:
+        pid = pid_file(stack_dir / engine / f"{engine}.pid")
+        if pid is not None:
+            named.setdefault(pid, f"engine: {engine}")
+    for pid, name in list(named.items()):
+        for child in children_of(pid):
+            named.setdefault(child, f"{name} > {command_name(child)}")
+    rows = []
+    for pid, name in named.items():
+        try:
+            rows.append((name, pid, smaps_rollup(pid)))
+        except OSError:
+            pass  # ended meanwhile
+    return rows
+
+
+def run_distributed(args) -> None:
+    from mocktrade.config import DEFAULT_SYMBOLS
+
+    root = Path(tempfile.mkdtemp(prefix="mocktrade-memory-"))
+    stack_dir, data_dir = root / "stack", root / "data"
+    base = free_block(11)  # the layout uses P+0..5 and P+10
+    ports = [f"{key}={free_port()}" for key in STACK_PORT_KEYS]
+    env = {**os.environ, "MOCKTRADE_DATA_DIR": str(data_dir), "MOCKTRADE_HOST": HOST,
+           "MOCKTRADE_LOG_LEVEL": "WARNING"}
+    engine = env.get("MOCKTRADE_JOB_ENGINE", "consumer groups")
+    print(f"memory, distributed, idle on {machine()}; load {open('/proc/loadavg').read().split()[:3]}; "
+          f"jobs: {engine}", flush=True)
+    stack = [*mocktrade_command(), "stack"]
+    launcher = None
+    try:
+        subprocess.run([*stack, "up", "--dir", str(stack_dir), *(a for p in ports for a in ("--port", p))],
+                       env=env, check=True, capture_output=True, timeout=600)
+        command = [*mocktrade_command(), "up", "--distributed", "--stack-dir", str(stack_dir),
+                   "--keep-stack", "--port", str(base)]
+        log = open(root / "up.log", "ab")
+        launcher = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        log.close()
+        started = time.monotonic()
+        for offset in (0, 1, 2, 3, 4, 5, 10):  # gateway, marketdata, feed, ingestion, jobs
+            if not wait_ready(base + offset, 400):
+                raise RuntimeError(f"port {base + offset} not ready; see {root / 'up.log'}")
+        platform = Platform(data_dir=data_dir, env=env)
+        platform.port, platform.base = base, f"http://{HOST}:{base}"
+        platform.wait_for_prices(len(DEFAULT_SYMBOLS), timeout=120)
+        print(f"ready after {time.monotonic() - started:.0f} s; idle {args.idle:.0f} s", flush=True)
+        time.sleep(args.idle)
+        rows = distributed_rows(launcher.pid, data_dir, stack_dir)
+    finally:
+        if launcher is not None and launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+        subprocess.run([*stack, "down", "--dir", str(stack_dir)], env=env, capture_output=True, timeout=120)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\n{'process':52s} {'pid':>7s} {'RSS':>10s} {'PSS':>10s} {'USS':>10s}")
+    total = {"Rss": 0, "Pss": 0, "Uss": 0}
+    for name, pid, figures in rows:
+        print(f"{name:52s} {pid:7d} {mb(figures['Rss'])} {mb(figures['Pss'])} {mb(figures['Uss'])}")
+        for key in total:
+            total[key] += figures[key]
+    print(f"{'total (RSS double-counts shared pages; PSS does not)':52s} {'':7s} {mb(total['Rss'])} "
+          f"{mb(total['Pss'])} {mb(total['Uss'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -164,7 +346,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of order load")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds to wait when idle")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and server log")
+    parser.add_argument("--distributed", action="store_true",
+                        help="each process of `up --distributed` (and its engines), idle")
     args = parser.parse_args()
+    if args.distributed:
+        run_distributed(args)
+        return
     try:
         import uvloop
         uvloop.run(run(args))
