@@ -126,6 +126,14 @@ class OrderPage:
     next_page_token: str | None
 
 
+@dataclass(frozen=True)
+class Application:
+    """One instruction for PortfolioStore.apply_many: what apply() takes."""
+    instruction: Instruction
+    price: Decimal | None
+    now: datetime
+
+
 class PortfolioStore(Protocol):
     """Portfolios, the orders' records and the execution ledger: what the
     portfolio owner (the execution job) writes, one atomic step at a time."""
@@ -151,6 +159,17 @@ class PortfolioStore(Protocol):
         resetId) or one that no longer applies changes nothing, and the step
         returned re-emits what is known of the order, so the caller can
         publish again what a crash may have lost.
+        """
+
+    async def apply_many(self, applications: Sequence[Application]) -> list[Step]:
+        """apply() for each, in order, one step per application: each decided
+        against the state the previous ones left (an orderId placed twice in
+        one batch is a replay the second time), with apply()'s idempotency.
+
+        Atomicity is the store's best: one transaction for the whole batch
+        where the engine has it across users (SQLite), else one per
+        instruction (DynamoDB). Either way a crash leaves a prefix applied,
+        and the batch applied again is replays for that prefix.
         """
 
     async def apply_execution(self, order: Order, price: Decimal | None,

@@ -23,7 +23,7 @@ from mocktrade.domain.lifecycle import (AccountReset, CancelOrder, ExpireOrder, 
 from mocktrade.domain.model import ExecutionStatus, Order, OrderType, Side, TimeInForce
 from mocktrade.domain.money import trade_value
 from mocktrade.domain.rules import replay_cash
-from mocktrade.ports import AccountExists, InvalidPageToken, OrderQuery
+from mocktrade.ports import AccountExists, Application, InvalidPageToken, OrderQuery
 
 T0 = datetime(2025, 4, 1, 9, 30, tzinfo=timezone.utc)
 CHILD = Path(__file__).with_name("_child.py")
@@ -650,3 +650,62 @@ async def test_a_password_hash_is_kept_with_the_account(portfolio_store):
     await portfolio_store.create_account("no-pw", Decimal("10.00"), T0)
     assert await portfolio_store.password_hash("no-pw") is None
     assert (await portfolio_store.get("pw-user")).cash == Decimal("10.00")
+
+
+# -- apply_many: the execution job's batch step ------------------------------
+
+async def test_a_batch_decides_each_instruction_on_the_state_before_it(portfolio_store):
+    await portfolio_store.create_account("alice", Decimal("1000.00"), T0)
+    await portfolio_store.create_account("bob", Decimal("50.00"), T0)
+    batch = [Application(PlaceOrder(order("b1", Side.BUY, "5")), Decimal("100"), T0),
+             # needs the shares b1 bought in this same batch
+             Application(PlaceOrder(order("s1", Side.SELL, "3")), Decimal("110"), LATER),
+             # the same orderId again in the batch: a replay of b1
+             Application(PlaceOrder(order("b1", Side.BUY, "5")), Decimal("1"), LATER),
+             # 1000 - 500 (b1) + 330 (s1) = 830 left: 900 is too much
+             Application(PlaceOrder(order("b2", Side.BUY, "9")), Decimal("100"), LATER),
+             Application(PlaceOrder(order("c1", Side.BUY, "1", user="bob")), Decimal("60"), LATER),
+             Application(ResetAccount("alice", "r1", None, LATER), None, LATER)]
+    steps = await portfolio_store.apply_many(batch)
+
+    assert len(steps) == len(batch)
+    b1, s1, b1_again, b2, c1, reset = steps
+    assert b1.outcomes[0].status is ExecutionStatus.EXECUTED and not b1.replay
+    assert s1.outcomes[0].status is ExecutionStatus.EXECUTED
+    assert b1_again.replay and b1_again.outcomes == b1.outcomes
+    assert b2.outcomes[0].status is ExecutionStatus.FAILED_INSUFFICIENT_FUNDS
+    assert c1.outcomes[0].status is ExecutionStatus.FAILED_INSUFFICIENT_FUNDS
+    assert reset.reset is not None
+    ledger = await portfolio_store.ledger("alice")
+    assert [e.order_id for e in ledger] == ["b1", "s1", "b2"]
+    assert (await portfolio_store.get("alice")).cash == Decimal("1000.00")  # the reset
+    assert dict((await portfolio_store.get("alice")).holdings) == {}
+    await assert_replays_to_portfolio(portfolio_store, "bob")
+
+    # The whole batch again (a redelivery after a crash): replays only.
+    alice, bob = await portfolio_store.get("alice"), await portfolio_store.get("bob")
+    again = await portfolio_store.apply_many(batch)
+    assert all(step.replay or not step.writes for step in again)
+    assert [s.outcomes for s in again[:2]] == [b1.outcomes, s1.outcomes]
+    assert again[3].outcomes == b2.outcomes and again[4].outcomes == c1.outcomes
+    assert (await portfolio_store.get("alice"), await portfolio_store.get("bob")) == (alice, bob)
+    assert await portfolio_store.ledger("alice") == ledger
+    assert await portfolio_store.apply_many([]) == []
+
+
+async def test_a_batch_that_fails_part_way_is_finished_by_its_redelivery(portfolio_store):
+    await portfolio_store.create_account("alice", Decimal("1000.00"), T0)
+    good = [Application(PlaceOrder(order(f"o{i}", Side.BUY, "1")), Decimal("10"), T0)
+            for i in range(4)]
+    broken = Application(PlaceOrder(order("bad", Side.BUY, "1")), "not a price", T0)
+    with pytest.raises(Exception):
+        await portfolio_store.apply_many(good[:2] + [broken] + good[2:])
+    # What was applied is a prefix (SQLite: nothing, one transaction; DynamoDB:
+    # the instructions before the failure), never a hole or a double.
+    applied = [e.order_id for e in await portfolio_store.ledger("alice")]
+    assert applied == ["o0", "o1"][:len(applied)]
+
+    await portfolio_store.apply_many(good)
+    assert [e.order_id for e in await portfolio_store.ledger("alice")] == ["o0", "o1", "o2", "o3"]
+    assert (await portfolio_store.get("alice")).cash == Decimal("960.00")
+    await assert_replays_to_portfolio(portfolio_store, "alice")

@@ -143,7 +143,7 @@ from ..domain.lifecycle import (AccountReset, Instruction, OrderState, PlaceOrde
                                 Step, Transition)
 from ..domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, Side
 from ..domain.money import CASH_QUANTUM, QUANTITY_QUANTUM, fmt, parse_cash
-from ..ports import (Account, AccountExists, DependencyUnavailable, OrderPage,
+from ..ports import (Account, AccountExists, Application, DependencyUnavailable, OrderPage,
                      OrderQuery)
 from .page_tokens import decode_page_token, order_page
 
@@ -439,6 +439,13 @@ class DynamoDbPortfolioStore:
             if isinstance(instruction, ResetAccount):
                 return await self._apply_reset(instruction, now)
             return await self._apply_to_order(instruction, price, now)
+
+    async def apply_many(self, applications: Sequence[Application]) -> list[Step]:
+        """One TransactWriteItems per instruction, in order: DynamoDB has no
+        transaction across a batch of users (100 items, and one portfolio
+        may appear twice), so the batch is apply() in a loop, each step
+        conditional on the version the previous one wrote."""
+        return [await self.apply(a.instruction, a.price, a.now) for a in applications]
 
     async def apply_execution(self, order: Order, price: Decimal | None,
                               now: datetime) -> Execution:

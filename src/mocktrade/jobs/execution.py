@@ -3,7 +3,8 @@ one trade_executed event, and every change to a user's money goes through here.
 
 It consumes two topics keyed by userId: trade_orders (new orders) and
 order_commands (cancels, trigger fills, expiries, resets). Each record is one
-instruction, applied by the portfolio store in one atomic, idempotent step;
+instruction, applied by the portfolio store in one idempotent step (a batch
+of them in one transaction where the store can: PortfolioStore.apply_many);
 what the step changed is published: each order transition to order_updates,
 each order that became final to trade_executed. A redelivered record (after
 a crash before the offset commit) is a replay: the store changes nothing and
@@ -22,7 +23,7 @@ from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES, TOPIC_TR
 from ..domain.lifecycle import Instruction, PlaceOrder, Step, TriggerOrder
 from .. import metrics
 from ..domain.model import Execution, utc_now
-from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache
+from ..ports import Application, EventLog, LogRecord, PortfolioStore, PriceCache
 from .deadletter import dead_letter
 
 log = logging.getLogger("mocktrade.execution")
@@ -52,36 +53,53 @@ class ExecutionHandler:
         self.stats = ExecutionStats()
 
     async def handle(self, records: Sequence[LogRecord]) -> None:
-        """Apply a batch, then publish what it produced, one batch per topic.
+        """Apply a batch in one store step, then publish what it produced,
+        one batch per topic.
 
         Publishing after the whole batch is safe: the offsets are committed
         only after this returns, so a crash in between redelivers the batch,
         whose steps are then replays that hand back the same events.
         """
-        outbound: dict[str, list] = {}
+        decoded: list[tuple[LogRecord, Instruction]] = []
         for record in records:
-            await self._apply(record, outbound)
+            instruction = await self._decode(record)
+            if instruction is not None:
+                decoded.append((record, instruction))
+        # Prices are read before the store step: no await may fall inside
+        # the store's transaction, and a price a few microseconds older is
+        # the same price the per-order path read just before its step.
+        applications = [Application(instruction, await self._price_for(instruction), self._clock())
+                        for _, instruction in decoded]
+        steps = await self._portfolios.apply_many(applications) if applications else []
+        outbound: dict[str, list] = {}
+        for (record, _), step in zip(decoded, steps):
+            self._collect(record, step, outbound)
         for topic, batch in outbound.items():
             await self._log.publish_many(topic, batch)
 
     async def handle_one(self, record: LogRecord) -> Execution | None:
         """Apply one instruction and publish; the final outcome of the order it
         closed, if any."""
+        instruction = await self._decode(record)
+        if instruction is None:
+            return None
+        step = await self._portfolios.apply(instruction, await self._price_for(instruction),
+                                            self._clock())
         outbound: dict[str, list] = {}
-        step = await self._apply(record, outbound)
+        self._collect(record, step, outbound)
         for topic, batch in outbound.items():
             await self._log.publish_many(topic, batch)
-        return step.outcomes[-1] if step is not None and step.outcomes else None
+        return step.outcomes[-1] if step.outcomes else None
 
-    async def _apply(self, record: LogRecord, outbound: dict[str, list]) -> Step | None:
+    async def _decode(self, record: LogRecord) -> Instruction | None:
         try:
-            instruction = decode_instruction(record)
+            return decode_instruction(record)
         except EventDecodeError as exc:
             await dead_letter(self._log, record, str(exc))
             self.stats.dead_lettered += 1
             return None
-        step = await self._portfolios.apply(instruction, await self._price_for(instruction),
-                                            self._clock())
+
+    def _collect(self, record: LogRecord, step: Step, outbound: dict[str, list]) -> None:
         headers = {k: v for k, v in record.headers.items() if k == "traceparent"}
         for state, transition in step.new_transitions:
             outbound.setdefault(TOPIC_ORDER_UPDATES, []).append(
@@ -90,7 +108,6 @@ class ExecutionHandler:
             outbound.setdefault(TOPIC_TRADE_EXECUTED, []).append(
                 (outcome.user_id, encode_trade_executed(outcome), headers))
         self._count(step)
-        return step
 
     async def _price_for(self, instruction: Instruction):
         if isinstance(instruction, TriggerOrder):

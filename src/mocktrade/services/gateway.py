@@ -18,7 +18,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from .. import metrics
+from .. import metrics, tracing
 from ..console import docs_routes
 from ..domain import rules
 from ..domain.model import ExecutionStatus, Side
@@ -248,25 +248,47 @@ def _limit_responses(envelope: dict[str, Any]) -> dict[str, Any]:
 
 async def _place(orders: OrderService, request: Request, user_id: str,
                  idempotency_key: str | None, traceparent: str | None) -> JsonResponse:
-    """An order in, its answer out, counted by outcome (mocktrade_orders_total)."""
+    """An order in, its answer out, counted by outcome (mocktrade_orders_total)
+    and, with tracing on, its trace's server span."""
     started = perf_counter()
+    span = _server_span(request, "POST /v1/orders", user_id) if tracing.enabled() else None
+    trace_context = tracing.carrier(span) if span is not None else _trace_context(traceparent)
     try:
-        answer = await _place_order(orders, request, user_id, idempotency_key, traceparent)
+        answer = await _place_order(orders, request, user_id, idempotency_key, trace_context)
     except ApiError as exc:
         metrics.order_rejected(exc.code)
+        _end_server_span(span, exc.status)
         raise
-    except DependencyUnavailable:
+    except DependencyUnavailable as exc:
         metrics.order_rejected("dependency_unavailable")
+        _end_server_span(span, 503, exc)
+        raise
+    except BaseException as exc:
+        _end_server_span(span, 500, exc)
         raise
     metrics.order_accepted(perf_counter() - started)
+    _end_server_span(span, answer.status_code)
     return answer
 
 
+def _server_span(request: Request, route: str, user_id: str) -> Any:
+    """The request's server span, child of the caller's traceparent if any."""
+    return tracing.start(route, tracing.SERVER, tracing.carrier_of_headers(request.headers),
+                         {"http.request.method": request.method, "http.route": route,
+                          "url.path": request.url.path, "mocktrade.user_id": user_id})
+
+
+def _end_server_span(span: Any, status: int, error: BaseException | None = None) -> None:
+    if span is not None:
+        span.set_attribute("http.response.status_code", status)
+        tracing.end(span, error if status >= 500 else None)
+
+
 async def _place_order(orders: OrderService, request: Request, user_id: str,
-                       idempotency_key: str | None, traceparent: str | None) -> JsonResponse:
+                       idempotency_key: str | None, trace_context: dict[str, str]) -> JsonResponse:
     body = await parse_body(request, OrderRequest, schemas.check_order_body)
     try:
-        accepted = await orders.place(user_id, body, idempotency_key, _trace_context(traceparent))
+        accepted = await orders.place(user_id, body, idempotency_key, trace_context)
     except rules.InsufficientFunds as exc:
         raise ApiError(402, "insufficient_funds", str(exc), exc.field,
                        headers=_replayed(exc)) from None
@@ -379,16 +401,29 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
                            **schemas.errors(400, 401, 404, 422, 429, 503,
                                             e404="No such order of yours",
                                             e422="The order is final and cannot be canceled")})
-    async def cancel_order(user_id: User,
+    async def cancel_order(request: Request, user_id: User,
                            order_id: Annotated[str, Path(alias="orderId", min_length=1,
                                                          max_length=64)]):
+        span = _server_span(request, "DELETE /v1/orders/{orderId}", user_id) \
+            if tracing.enabled() else None
+        tracing.set_attribute(span, "mocktrade.order_id", order_id)
+        trace_context = tracing.carrier(span) if span is not None \
+            else _trace_context(request.headers.get("traceparent"))
         try:
-            return JsonResponse(await orders.cancel(user_id, order_id), status_code=202)
+            answer = JsonResponse(await orders.cancel(user_id, order_id, trace_context),
+                                  status_code=202)
         except OrderNotFound as exc:
+            _end_server_span(span, 404)
             raise ApiError(404, "not_found", str(exc), "orderId") from None
         except OrderNotCancelable as exc:
+            _end_server_span(span, 422)
             raise ApiError(422, "order_not_cancelable", str(exc), "status",
                            extra={"status": exc.status}) from None
+        except BaseException as exc:
+            _end_server_span(span, 503 if isinstance(exc, DependencyUnavailable) else 500, exc)
+            raise
+        _end_server_span(span, 202)
+        return answer
 
     @app.delete("/v1/orders", status_code=202, tags=["orders"], response_model=schemas.CancelAll,
                 responses=schemas.errors(401, 429, 503))

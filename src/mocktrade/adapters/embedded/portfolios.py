@@ -23,7 +23,7 @@ import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -33,7 +33,7 @@ from ...domain.lifecycle import (AccountReset, Instruction, OrderState, PlaceOrd
                                  ResetAccount, Step, Transition)
 from ...domain.model import ZERO, Execution, ExecutionStatus, Order, Portfolio, Side
 from ...domain.money import fmt, parse_cash
-from ...ports import Account, AccountExists, OrderPage, OrderQuery
+from ...ports import Account, AccountExists, Application, OrderPage, OrderQuery
 from ._sqlite import connect, dec, to_micros, write_transaction
 from ..page_tokens import decode_page_token, order_page
 
@@ -187,6 +187,21 @@ class SqlitePortfolioStore:
             if step.writes:
                 self._write(conn, step)
         return step
+
+    async def apply_many(self, applications: Sequence[Application]) -> list[Step]:
+        """One write transaction for the whole batch: the execution job's
+        batch costs one commit (one WAL append) instead of one per order.
+        Each instruction reads what the previous ones wrote (same connection,
+        same transaction), so the decisions are those of apply() in order;
+        an error anywhere rolls the whole batch back and the job retries it."""
+        steps: list[Step] = []
+        with write_transaction(self._conn, "portfolio store") as conn:
+            for a in applications:
+                step = self._decide(conn, a.instruction, a.price, a.now)
+                if step.writes:
+                    self._write(conn, step)
+                steps.append(step)
+        return steps
 
     async def apply_execution(self, order: Order, price: Decimal | None,
                               now: datetime) -> Execution:
