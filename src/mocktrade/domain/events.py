@@ -229,11 +229,13 @@ def executed_event_id(order_id: str) -> str:
     return str(uuid.uuid5(_EXECUTED_NAMESPACE, order_id))
 
 
-def encode_trade_executed(execution: Execution, source_service: str = "trade-execution") -> bytes:
-    """Byte-identical for the same ledger entry, so replays are harmless."""
+def encode_trade_executed(execution: Execution, source_service: str = "trade-execution",
+                          trace_context: Mapping[str, str] | None = None) -> bytes:
+    """Identical for the same ledger entry (same eventId, payload and time), so
+    replays are harmless; only the traceContext follows the record replayed."""
     return encode(source_service, trade_executed_payload(execution),
                   event_id=executed_event_id(execution.order_id),
-                  event_timestamp=execution.execution_timestamp)
+                  event_timestamp=execution.execution_timestamp, trace_context=trace_context)
 
 
 # -- order_commands: instructions to the portfolio owner (key: userId) -------------
@@ -278,8 +280,9 @@ def decode_order_command(payload: Mapping[str, Any]) -> Instruction:
     raise EventDecodeError(f"command must be one of CANCEL, TRIGGER, EXPIRE, RESET, not {command!r}")
 
 
-def encode_order_command(instruction: Instruction, source_service: str) -> bytes:
-    return encode(source_service, order_command_payload(instruction))
+def encode_order_command(instruction: Instruction, source_service: str,
+                         trace_context: Mapping[str, str] | None = None) -> bytes:
+    return encode(source_service, order_command_payload(instruction), trace_context=trace_context)
 
 
 # -- order_updates: every status change of an order (key: userId) ------------------
@@ -324,10 +327,11 @@ def order_update_event_id(user_id: str, seq: int) -> str:
 
 
 def encode_order_update(state: OrderState, transition: Transition,
-                        source_service: str = "trade-execution") -> bytes:
+                        source_service: str = "trade-execution",
+                        trace_context: Mapping[str, str] | None = None) -> bytes:
     return encode(source_service, order_update_payload(state, transition),
                   event_id=order_update_event_id(state.user_id, transition.seq),
-                  event_timestamp=transition.at)
+                  event_timestamp=transition.at, trace_context=trace_context)
 
 
 @dataclass(frozen=True, slots=True)

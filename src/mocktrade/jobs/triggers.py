@@ -23,10 +23,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .. import tracing
 from ..domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES,
                              EventDecodeError, decode_envelope, decode_market_data,
-                             decode_order_update, encode_order_command)
-from ..domain.lifecycle import Instruction
+                             OrderUpdate, decode_order_update, encode_order_command)
+from ..domain.lifecycle import Instruction, OrderStatus
 from ..domain.model import utc_now
 from ..domain.triggers import TriggerBook
 from ..ports import EventLog, LogRecord, PortfolioStore
@@ -55,6 +56,10 @@ class TriggerHandler:
         self._portfolios, self._log, self._clock = portfolios, event_log, clock
         self.book = TriggerBook()
         self.stats = TriggerStats()
+        # With tracing on: each resting order's trace context (from its order
+        # updates), so the TRIGGER or EXPIRE sent for it joins the order's
+        # trace. Kept only while tracing is on: the book stays lean otherwise.
+        self._trace_contexts: dict[str, tracing.Carrier] = {}
 
     async def load(self) -> None:
         """Start from the store's OPEN orders (older ones may be past retention)."""
@@ -85,6 +90,8 @@ class TriggerHandler:
                 self.stats.dead_lettered += 1
                 continue
             self.stats.updates += 1
+            if tracing.enabled():
+                self._remember_trace(record, update)
             proposals = self.book.apply_update(update.order, update.status, update.seq,
                                                update.stop_triggered)
             self.stats.triggers += len(proposals)
@@ -95,10 +102,36 @@ class TriggerHandler:
         self.stats.expiries += len(expiries)
         await self._send(expiries)
 
+    def _remember_trace(self, record: LogRecord, update: OrderUpdate) -> None:
+        order_id = update.order.order_id
+        if OrderStatus(update.status).final:
+            self._trace_contexts.pop(order_id, None)
+        elif order_id not in self._trace_contexts:
+            context = tracing.record_context(record)
+            if context:
+                self._trace_contexts[order_id] = context
+
     async def _send(self, instructions: Sequence[Instruction]) -> None:
         for instruction in instructions:
+            if not tracing.enabled():
+                await self._log.publish(TOPIC_ORDER_COMMANDS, instruction.user_id,
+                                        encode_order_command(instruction, SOURCE))
+                continue
+            await self._send_traced(instruction)
+
+    async def _send_traced(self, instruction: Instruction) -> None:
+        """The command as a child of the order's trace (a new trace if the
+        order's context is unknown: placed before this run's book was built)."""
+        order_id = getattr(instruction, "order_id", None)
+        origin = self._trace_contexts.get(order_id) if order_id else None
+        with tracing.span(f"publish {TOPIC_ORDER_COMMANDS}", tracing.PRODUCER, origin,
+                          tracing.publish_attributes(
+                              TOPIC_ORDER_COMMANDS, instruction.user_id,
+                              **tracing.order_attributes(order_id, instruction.user_id),
+                              **{"mocktrade.command": type(instruction).__name__})) as span:
+            context = tracing.carrier(span)
             await self._log.publish(TOPIC_ORDER_COMMANDS, instruction.user_id,
-                                    encode_order_command(instruction, SOURCE))
+                                    encode_order_command(instruction, SOURCE, context), context)
 
 
 async def run_triggers(handler: TriggerHandler, event_log: EventLog) -> None:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .. import tracing
 from ..domain import rules
 from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_TRADE_ORDERS, encode,
                              encode_order_command, format_time, order_view, trade_order_payload)
@@ -286,19 +287,26 @@ class OrderService:
         rules.validate(order, portfolio, tick.price, self._symbols)
 
     async def _publish(self, order: Order, trace_context: Mapping[str, str] | None) -> None:
-        value = encode(SOURCE, trade_order_payload(order), trace_context=trace_context)
-        await self._log.publish(TOPIC_TRADE_ORDERS, order.user_id, value, dict(trace_context or {}))
+        """To trade_orders, the trace context in the headers and the envelope."""
+        with tracing.span(f"publish {TOPIC_TRADE_ORDERS}", tracing.PRODUCER, trace_context,
+                          lambda: tracing.publish_attributes(
+                              TOPIC_TRADE_ORDERS, order.user_id,
+                              **tracing.order_attributes(order.order_id, order.user_id))) as span:
+            context = tracing.carrier(span, trace_context)
+            value = encode(SOURCE, trade_order_payload(order), trace_context=context)
+            await self._log.publish(TOPIC_TRADE_ORDERS, order.user_id, value, context)
         log.debug("order accepted", extra={"orderId": order.order_id, "userId": order.user_id,
-                                          "traceId": (trace_context or {}).get("traceparent")})
+                                          "traceId": context.get("traceparent")})
 
     # -- canceling and resetting -------------------------------------------------
 
-    async def cancel(self, user_id: str, order_id: str) -> dict[str, Any]:
+    async def cancel(self, user_id: str, order_id: str,
+                     trace_context: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Ask the owner to cancel; the order as it will read until decided."""
         state = await self.order(user_id, order_id)
         if state.status.final:
             raise OrderNotCancelable(state)
-        await self._send(CancelOrder(user_id, order_id, self._clock()))
+        await self._send(CancelOrder(user_id, order_id, self._clock()), trace_context)
         return {**order_view(state), "status": "PENDING_CANCEL"}
 
     async def cancel_all(self, user_id: str) -> list[dict[str, Any]]:
@@ -318,9 +326,15 @@ class OrderService:
         return {"resetId": reset_id, "status": "ACCEPTED",
                 "cash": fmt(cash) if cash is not None else None}
 
-    async def _send(self, instruction) -> None:
-        await self._log.publish(TOPIC_ORDER_COMMANDS, instruction.user_id,
-                                encode_order_command(instruction, SOURCE))
+    async def _send(self, instruction, trace_context: Mapping[str, str] | None = None) -> None:
+        with tracing.span(f"publish {TOPIC_ORDER_COMMANDS}", tracing.PRODUCER, trace_context,
+                          lambda: tracing.publish_attributes(
+                              TOPIC_ORDER_COMMANDS, instruction.user_id,
+                              **tracing.order_attributes(getattr(instruction, "order_id", None),
+                                                         instruction.user_id))) as span:
+            context = tracing.carrier(span, trace_context)
+            await self._log.publish(TOPIC_ORDER_COMMANDS, instruction.user_id,
+                                    encode_order_command(instruction, SOURCE, context), context)
 
     async def _all_open(self, user_id: str) -> list[OrderState]:
         states, token = [], None
