@@ -28,6 +28,7 @@ from .ports import (AccountExists, Analytics, EventLog, IdempotencyStore, Portfo
                     PriceCache, TradeHistory)
 from .services.accounts import AccountService, SignupPolicy
 from .services.auth import TokenIssuer
+from .services.client_address import ClientAddress
 from .services.gateway import GatewayParts, create_app
 from .services.orders import OrderService
 from .services.portfolio import PortfolioService
@@ -144,7 +145,7 @@ class Resources:
 
     @cached_property
     def tokens(self) -> TokenIssuer:
-        return TokenIssuer(self.settings.resolved_jwt_secret(), self.settings.token_ttl_seconds)
+        return TokenIssuer(self.settings.key_ring(), self.settings.token_ttl_seconds)
 
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
@@ -231,7 +232,7 @@ def open_event_log(settings: Settings) -> EventLog:
 
 
 def token_issuer(settings: Settings) -> TokenIssuer:
-    return TokenIssuer(settings.resolved_jwt_secret(), settings.token_ttl_seconds)
+    return TokenIssuer(settings.key_ring(), settings.token_ttl_seconds)
 
 
 async def ensure_demo_accounts(portfolios: PortfolioStore, settings: Settings) -> list[str]:
@@ -257,7 +258,10 @@ class Process:
         self.name, self.resources, self.roles = name, resources, roles
         self.supervisor = Supervisor()
         self.routes: list = []
-        self.parts = GatewayParts(tokens=resources.tokens, limiter=resources.limiter())
+        settings = resources.settings
+        self.parts = GatewayParts(tokens=resources.tokens, limiter=resources.limiter(),
+                                  client_address=ClientAddress(settings.trusted_proxies),
+                                  cors_origins=settings.cors_origins)
         self._starters: list[Callable[[], Awaitable[None]]] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
@@ -334,7 +338,8 @@ def _add_marketdata(p: Process) -> None:
 
     r = p.resources
     service = MarketDataService(r.event_log, r.prices, r.settings.symbols, r.settings.ws_client_buffer,
-                                portfolios=r.portfolios, tokens=r.tokens)
+                                portfolios=r.portfolios, tokens=r.tokens,
+                                client_address=p.parts.client_address)
     p.routes += service.routes()
     p.on_start(service.start, service.stop)
 

@@ -58,6 +58,9 @@ from mocktrade.jobs.deadletter import dead_letter_topic  # noqa: E402
 from mocktrade.jobs.flink.options import FlinkJobOptions  # noqa: E402
 
 
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
 def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
     conf = {
         "python.execution-mode": options.python_mode,
@@ -92,6 +95,12 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
     else:
         # Process mode hands records to Python in bundles: the same wait bound.
         conf["python.fn-execution.bundle.time"] = str(options.buffer_timeout_ms)
+    if options.metrics_port:
+        # The operators' metrics (jobs/flink/metrics.py) and Flink's own, as
+        # Prometheus text on that port. The reporter ships in the distribution's
+        # plugins/ (pyflink/plugins here), which the mini-cluster loads.
+        conf["metrics.reporter.prom.factory.class"] = PROMETHEUS_REPORTER
+        conf["metrics.reporter.prom.port"] = options.metrics_port
     if options.restore_from:
         conf["execution.savepoint.path"] = options.restore_from
         conf["execution.savepoint.ignore-unclaimed-state"] = "true"

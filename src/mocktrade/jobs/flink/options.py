@@ -19,6 +19,10 @@ file (PyFlink venv).
                                           checkpoint barrier
   MOCKTRADE_FLINK_RESTORE                 restore from this checkpoint/savepoint path
                                           (set by the service; empty: from committed offsets)
+  MOCKTRADE_FLINK_METRICS_PORT            the mini-cluster's Prometheus reporter: a port or a
+                                          range (9250-9259: the first free one); empty (the
+                                          default): no reporter. On a cluster the reporter is
+                                          the cluster's configuration (docker-compose.yml)
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class FlinkJobOptions:
     batch_size: int
     flush_ms: int
     restore_from: str
+    metrics_port: str = ""
 
     @property
     def source_topic(self) -> str:
@@ -97,7 +102,8 @@ class FlinkJobOptions:
                    buffer_timeout_ms=int(_env("BUFFER_TIMEOUT_MS", "10")),
                    batch_size=int(_env("BATCH_SIZE", "500")),
                    flush_ms=int(_env("FLUSH_MS", "200")),
-                   restore_from=_env("RESTORE", ""))
+                   restore_from=_env("RESTORE", ""),
+                   metrics_port=_env("METRICS_PORT", ""))
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
