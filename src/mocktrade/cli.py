@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -84,8 +85,21 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("user")
     reset.add_argument("--cash", help="cash to restart with (default: the starting cash)")
 
-    token = commands.add_parser("token", help="print a bearer token for a user")
-    token.add_argument("user")
+    token = commands.add_parser(
+        "token", help="print a bearer token for a user; or manage the signing keys: "
+                      "`token rotate`, `token retire KID`, `token keys`",
+        description="`mocktrade token USER` prints a bearer token for USER. "
+                    "`mocktrade token rotate [--retire-after SECONDS]` adds a new signing key "
+                    "(new tokens use it); the previous keys keep verifying for SECONDS "
+                    "(default: the token lifetime), then are retired. "
+                    "`mocktrade token retire KID` retires a key at once. "
+                    "`mocktrade token keys` lists the keys. Running services pick changes up "
+                    "within seconds. (A user named rotate, retire or keys: `token -- NAME`.)")
+    token.add_argument("user", help="a user id, or rotate / retire / keys")
+    token.add_argument("kid", nargs="?", help="with retire: the key id to retire")
+    token.add_argument("--retire-after", type=float, metavar="SECONDS",
+                       help="with rotate: how long the previous keys keep verifying "
+                            "(default: MOCKTRADE_TOKEN_TTL_SECONDS)")
 
     status = commands.add_parser("status", help="a live view of the running processes: health, rates, "
                                                 "consumer lag, WebSocket clients, last error")
@@ -102,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `token -- rotate`: a user named like a key command.
+    args.literal_user = "--" in (sys.argv[1:] if argv is None else argv)
     try:
         settings = Settings.from_env(args.data_dir)
         return _dispatch(args, settings)
@@ -177,6 +193,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_reset_account(settings, args.user, args.cash))
     if args.command == "accounts":
         return asyncio.run(_list_accounts(settings))
+    if args.command == "token" and args.user in KEY_COMMANDS and not args.literal_user:
+        return _signing_keys(settings, args.user, args.kid, args.retire_after)
     if args.command == "token":
         return _token(settings, args.user)
     if args.command == "verify":
@@ -376,6 +394,51 @@ async def _list_accounts(settings: Settings) -> int:
             print(f"{account.user_id}\tcash {cash}\tstarting {fmt(account.starting_cash)}")
     finally:
         await store.close()
+    return 0
+
+
+KEY_COMMANDS = ("rotate", "retire", "keys")
+
+
+def _signing_keys(settings: Settings, command: str, kid: str | None,
+                  retire_after: float | None) -> int:
+    """`token rotate | retire KID | keys` on the key ring (services.signing_keys)."""
+    from .services import signing_keys
+
+    path = settings.key_ring_path()
+    if path is None:
+        print("tokens are signed with MOCKTRADE_JWT_SECRET, a single key: set "
+              "MOCKTRADE_JWT_KEYRING to a file to rotate keys (`token rotate` creates it, "
+              "keeping the secret's tokens valid until they are retired)", file=sys.stderr)
+        return 2
+    try:
+        if command == "rotate":
+            after = settings.token_ttl_seconds if retire_after is None else retire_after
+            if after < 0:
+                print("--retire-after must not be negative", file=sys.stderr)
+                return 2
+            if not settings.jwt_keyring:
+                settings.key_ring()  # the data dir's ring, seeded from an older jwt_secret
+            fresh = signing_keys.rotate(path, after, legacy_secret=settings.jwt_secret or None)
+            print(f"new signing key {fresh.kid} in {path}; previous keys retire in {after:g} s")
+        elif command == "retire":
+            if not kid:
+                print("usage: mocktrade token retire KID (see `mocktrade token keys`)",
+                      file=sys.stderr)
+                return 2
+            retired = signing_keys.retire(path, kid)
+            print(f"retired {retired.kid}: its tokens are refused from now on")
+        else:
+            ring = settings.key_ring()
+            current = ring.current().kid
+            for key in ring.keys():
+                state = "current" if key.kid == current else (
+                    "retired" if not key.active(time.time()) else "verifying")
+                print(f"{key.kid}\t{state}\tcreated {key.as_json()['createdAt']}\t"
+                      f"retires {key.as_json()['retireAt'] or 'never'}")
+    except signing_keys.KeyRingError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -90,6 +90,14 @@ class Settings:
     # Where ingestion connects; empty means the built-in simulator.
     feed_url: str = ""
     jwt_secret: str = ""
+    # A key-ring file shared by every replica (services.signing_keys); wins
+    # over jwt_secret. Empty: jwt_secret, else DATA_DIR/jwt_keys.json.
+    jwt_keyring: str = ""
+    # Proxies whose X-Forwarded-For is believed (services.client_address).
+    trusted_proxies: str = ""
+    # Origins allowed to call the API from a browser (exact, comma-separated);
+    # empty: same-origin only, no Access-Control-* header ever.
+    cors_origins: tuple[str, ...] = ()
     token_ttl_seconds: int = 7 * 24 * 3600
     rate_limit_per_second: float = 200.0
     rate_limit_burst: int = 400
@@ -152,6 +160,9 @@ class Settings:
             feed_seed=int(seed) if seed else None,
             feed_url=_env("FEED_URL", ""),
             jwt_secret=_env("JWT_SECRET", ""),
+            jwt_keyring=_env("JWT_KEYRING", ""),
+            trusted_proxies=_env("TRUSTED_PROXIES", ""),
+            cors_origins=_origins(_env("CORS_ORIGINS", "")),
             token_ttl_seconds=_number("TOKEN_TTL_SECONDS", str(7 * 24 * 3600), int),
             rate_limit_per_second=_number("RATE_LIMIT_PER_SECOND", "200"),
             rate_limit_burst=_number("RATE_LIMIT_BURST", "400", int),
@@ -176,9 +187,26 @@ class Settings:
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def resolved_jwt_secret(self) -> str:
-        """The configured secret, else one generated once into the data dir."""
-        return self.jwt_secret or self._generated("jwt_secret", lambda: secrets.token_urlsafe(48))
+    def key_ring_path(self) -> Path | None:
+        """The key-ring file tokens are signed from; None when a single
+        MOCKTRADE_JWT_SECRET is configured instead."""
+        if self.jwt_keyring:
+            return Path(self.jwt_keyring)
+        if self.jwt_secret:
+            return None
+        return self.data_dir / "jwt_keys.json"
+
+    def key_ring(self):
+        """The signing keys (services.signing_keys.KeyRing); the data dir's
+        ring is created on first use, a configured ring must exist."""
+        from .services.signing_keys import KeyRing, ensure_ring
+
+        path = self.key_ring_path()
+        if path is None:
+            return KeyRing.single(self.jwt_secret)
+        if not self.jwt_keyring:
+            ensure_ring(path, legacy_secret_file=self.data_dir / "jwt_secret")
+        return KeyRing.load(path)
 
     def demo_password(self) -> str:
         """The demo users' password: generated once into the data dir, so the
@@ -186,15 +214,20 @@ class Settings:
         return self._generated("demo_password", lambda: secrets.token_urlsafe(9))
 
     def _generated(self, name: str, fresh) -> str:
+        """A secret generated once into the data dir, owner-only (0600)."""
+        from .secret_files import create_secret, read_secret
+
         path = self.data_dir / name
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            # O_EXCL so two processes starting together agree on one value.
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(fresh())
-        return path.read_text().strip()
+            create_secret(path, fresh())
+        return read_secret(path).strip()
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if origin == "*" or scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"MOCKTRADE_CORS_ORIGINS: {origin!r} is not an exact origin like "
+                              f"https://app.example.com")
+    return origins

@@ -59,7 +59,7 @@ def account_routes(app: FastAPI, accounts: AccountService) -> None:
                       grant_type: Annotated[str, Form(pattern="^password$")] = "password"):
         """OAuth2 password grant (the form FastAPI's OAuth2PasswordRequestForm
         reads): the bearer token for a username and password."""
-        address = request.client.host if request.client else "unknown"
+        address = request.app.state.parts.client_address.of(request.scope)
         try:
             return JsonResponse(await accounts.sign_in(username, password, address))
         except TooManyAttempts as exc:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match, Route
 
 from .. import metrics, tracing
@@ -24,7 +25,8 @@ from ..domain import rules
 from ..domain.model import ExecutionStatus, Side
 from ..domain.events import order_view
 from ..ports import DependencyUnavailable, InvalidPageToken, OrderQuery
-from .auth import TokenIssuer, Unauthorized
+from .auth import TokenIssuer, TokenThrottled, Unauthorized
+from .client_address import ClientAddress
 from . import schemas
 from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
 from .limits import MAX_BODY_BYTES, RequestLimits
@@ -35,6 +37,7 @@ from .orders import (ClientOrderIdTaken, IdempotencyConflict, OrderNotCancelable
 from .portfolio import PortfolioNotFound, PortfolioService
 from .query import MAX_PAGE_SIZE, QueryService, UnknownSymbolPrice
 from .ratelimit import RateLimiter
+from .security_headers import SecurityHeaders
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
@@ -45,6 +48,10 @@ class GatewayParts:
 
     tokens: TokenIssuer
     limiter: RateLimiter
+    # Who a request comes from, for the per-address limits (bad tokens, sign-ins).
+    client_address: ClientAddress = field(default_factory=ClientAddress)
+    # Origins allowed cross-origin (MOCKTRADE_CORS_ORIGINS); empty: same-origin only.
+    cors_origins: tuple[str, ...] = ()
     orders: OrderService | None = None
     portfolio: PortfolioService | None = None
     query: QueryService | None = None
@@ -120,15 +127,18 @@ async def current_user(request: Request,
     (and would let two threads update the rate limiter's buckets at once).
     Nothing in here blocks: a JWT check and an in-memory token bucket.
     """
-    return authenticate(request.app.state.parts, authorization)
+    return authenticate(request.app.state.parts, authorization, request.scope)
 
 
-def authenticate(parts: GatewayParts, authorization: str | None) -> str:
+def authenticate(parts: GatewayParts, authorization: str | None, scope: Any) -> str:
     try:
-        user_id = parts.tokens.user_of(authorization)
+        user_id = parts.tokens.user_of(authorization, parts.client_address.of(scope))
     except Unauthorized as exc:
         raise ApiError(401, "unauthorized", str(exc),
                        headers={"WWW-Authenticate": "Bearer"}) from None
+    except TokenThrottled as exc:  # this address sent too many bad tokens
+        raise ApiError(429, "rate_limited", str(exc),
+                       headers={"Retry-After": RateLimiter.retry_after(exc.wait)}) from None
     wait = parts.limiter.acquire(user_id)
     if wait:
         raise ApiError(429, "rate_limited", "too many requests; slow down",
@@ -148,6 +158,16 @@ def create_app(parts: GatewayParts) -> FastAPI:
     _error_handlers(app)
     # Bodies over 64 KiB: 413; paths and query strings not UTF-8: 400 (services.limits).
     app.add_middleware(RequestLimits)
+    if parts.cors_origins:
+        # Exact origins only; bearer tokens, never cookies, so no credentials.
+        app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Idempotency-Key",
+                                          "traceparent"],
+                           expose_headers=["Retry-After", "Idempotent-Replayed", "Allow"],
+                           max_age=600)
+    # Outermost, so every answer carries them (services.security_headers).
+    app.add_middleware(SecurityHeaders)
     # Swagger UI (/v1/docs) and Redoc (/v1/redoc) from vendored assets: offline.
     app.router.routes.extend(docs_routes(app.openapi_url, app.title))
 
@@ -343,7 +363,8 @@ def _order_routes(app: FastAPI, orders: OrderService) -> None:
         cost). The route above stays for the OpenAPI document; this one is
         matched first. Same checks, same answers."""
         try:
-            user_id = authenticate(request.app.state.parts, request.headers.get("authorization"))
+            user_id = authenticate(request.app.state.parts, request.headers.get("authorization"),
+                                   request.scope)
         except ApiError as exc:  # 401, 429: orders turned away too
             metrics.order_rejected(exc.code)
             raise

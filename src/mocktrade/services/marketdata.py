@@ -38,6 +38,7 @@ from ..ports import EventLog, LogRecord, PortfolioStore, PriceCache, PriceSubscr
 from ..supervisor import Supervisor
 from . import limits, phoenix
 from .auth import TokenIssuer
+from .client_address import ClientAddress
 from .order_stream import ORDER_TOPIC_PREFIX, JoinRefused, OrderStream, order_push
 from .phoenix import PhoenixMessage, PhoenixProtocolError, Serializer
 
@@ -66,9 +67,11 @@ def _text_frame(text: str) -> AsgiMessage:
 class Subscriber:
     """One WebSocket client: its joined topics and its bounded outgoing queue."""
 
-    __slots__ = ("_send", "_queue", "serializer", "topics", "close_code", "_sender", "peer")
+    __slots__ = ("_send", "_queue", "serializer", "topics", "close_code", "_sender", "peer",
+                 "address")
 
-    def __init__(self, send: AsgiSend, buffer: int, serializer: Serializer, peer: str):
+    def __init__(self, send: AsgiSend, buffer: int, serializer: Serializer, peer: str,
+                 address: str | None = None):
         self._send = send
         self._queue: asyncio.Queue[AsgiMessage] = asyncio.Queue(buffer)
         self.serializer = serializer
@@ -76,6 +79,8 @@ class Subscriber:
         self.close_code: int | None = None
         self._sender: asyncio.Task | None = None
         self.peer = peer
+        # The client address bad tokens are throttled by (services.client_address).
+        self.address = address
 
     def offer(self, frame: AsgiMessage) -> bool:
         """Queue a frame without waiting; False when the client has fallen behind."""
@@ -165,6 +170,7 @@ class MarketDataService:
     def __init__(self, event_log: EventLog, price_cache: PriceCache, symbols: Iterable[str],
                  client_buffer: int = 256, *, close_timeout: float = 2.0,
                  portfolios: PortfolioStore | None = None, tokens: TokenIssuer | None = None,
+                 client_address: ClientAddress | None = None,
                  max_topics: int = limits.WS_MAX_TOPICS,
                  message_rate: float = limits.WS_MESSAGES_PER_SECOND,
                  message_burst: int = limits.WS_MESSAGE_BURST):
@@ -175,6 +181,7 @@ class MarketDataService:
         self._symbols = frozenset(symbols)
         self._client_buffer = client_buffer
         self._close_timeout = close_timeout
+        self._client_address = client_address or ClientAddress()
         self._hub = PriceHub(self._drop_slow)
         self._subscribers: set[Subscriber] = set()
         self._latest: dict[str, PriceTick] = {}
@@ -299,7 +306,8 @@ class MarketDataService:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        subscriber = Subscriber(send, self._client_buffer, _announced_serializer(scope), _peer(scope))
+        subscriber = Subscriber(send, self._client_buffer, _announced_serializer(scope), _peer(scope),
+                                self._client_address.of(scope))
         self._subscribers.add(subscriber)
         metrics.WS_CLIENTS.inc()
         reader = asyncio.create_task(self._read(subscriber, receive))

@@ -23,7 +23,8 @@ from ..domain.events import (TOPIC_ORDER_UPDATES, EventDecodeError, decode_envel
 from ..jobs.runner import run_consumer
 from ..ports import EventLog, LogRecord, PortfolioStore
 from . import phoenix
-from .auth import TokenIssuer, Unauthorized
+from .auth import TokenIssuer, TokenThrottled, Unauthorized
+from .ratelimit import RateLimiter
 
 ORDER_TOPIC_PREFIX = "orders:"
 EVENT_ORDER_UPDATE = "order_update"
@@ -65,11 +66,15 @@ class OrderStream:
         user_id = topic.removeprefix(ORDER_TOPIC_PREFIX)
         params = params if isinstance(params, dict) else {}
         token = params.get("token")
+        address = getattr(subscriber, "address", None)
         try:
-            if not isinstance(token, str) or self._tokens.user_of(f"Bearer {token}") != user_id:
+            if not isinstance(token, str) or self._tokens.user_of(f"Bearer {token}", address) != user_id:
                 raise JoinRefused("unauthorized")
         except Unauthorized:
             raise JoinRefused("unauthorized") from None
+        except TokenThrottled as exc:
+            raise JoinRefused(f"too many invalid tokens from this address; retry after "
+                              f"{RateLimiter.retry_after(exc.wait)} s") from None
         since = params.get("since")
         if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
             raise JoinRefused("since must be a non-negative integer")
