@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from time import time_ns
 from typing import Callable, Sequence
 
 from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES, TOPIC_TRADE_EXECUTED,
                              EventDecodeError, decode_envelope, decode_order_command,
                              decode_trade_order, encode_order_update, encode_trade_executed)
 from ..domain.lifecycle import Instruction, PlaceOrder, Step, TriggerOrder
-from .. import metrics
+from .. import metrics, tracing
 from ..domain.model import Execution, utc_now
 from ..ports import Application, EventLog, LogRecord, PortfolioStore, PriceCache
 from .deadletter import dead_letter
@@ -60,6 +61,7 @@ class ExecutionHandler:
         only after this returns, so a crash in between redelivers the batch,
         whose steps are then replays that hand back the same events.
         """
+        started = time_ns()  # the start of each record's processing span
         decoded: list[tuple[LogRecord, Instruction]] = []
         for record in records:
             instruction = await self._decode(record)
@@ -72,23 +74,27 @@ class ExecutionHandler:
                         for _, instruction in decoded]
         steps = await self._portfolios.apply_many(applications) if applications else []
         outbound: dict[str, list] = {}
+        spans: list = []
         for (record, _), step in zip(decoded, steps):
-            self._collect(record, step, outbound)
+            spans += self._collect(record, step, outbound, started)
         for topic, batch in outbound.items():
             await self._log.publish_many(topic, batch)
+        tracing.end_all(spans)  # a failed batch's spans are dropped; its retry has its own
 
     async def handle_one(self, record: LogRecord) -> Execution | None:
         """Apply one instruction and publish; the final outcome of the order it
         closed, if any."""
+        started = time_ns()
         instruction = await self._decode(record)
         if instruction is None:
             return None
         step = await self._portfolios.apply(instruction, await self._price_for(instruction),
                                             self._clock())
         outbound: dict[str, list] = {}
-        self._collect(record, step, outbound)
+        spans = self._collect(record, step, outbound, started)
         for topic, batch in outbound.items():
             await self._log.publish_many(topic, batch)
+        tracing.end_all(spans)
         return step.outcomes[-1] if step.outcomes else None
 
     async def _decode(self, record: LogRecord) -> Instruction | None:
@@ -99,15 +105,24 @@ class ExecutionHandler:
             self.stats.dead_lettered += 1
             return None
 
-    def _collect(self, record: LogRecord, step: Step, outbound: dict[str, list]) -> None:
-        headers = {k: v for k, v in record.headers.items() if k == "traceparent"}
+    def _collect(self, record: LogRecord, step: Step, outbound: dict[str, list],
+                 started: int | None = None) -> list:
+        """Queue what `step` produced, carrying the record's trace context on
+        (headers and envelope). With tracing on, the record's processing span
+        and a publish span per topic; returned, to end once published."""
+        received = tracing.record_context(record)
+        spans = _execution_spans(record, step, received, started) if tracing.enabled() else {}
         for state, transition in step.new_transitions:
+            context = _context_for(spans, TOPIC_ORDER_UPDATES, received)
             outbound.setdefault(TOPIC_ORDER_UPDATES, []).append(
-                (state.user_id, encode_order_update(state, transition), headers))
+                (state.user_id, encode_order_update(state, transition, trace_context=context),
+                 context))
         for outcome in step.outcomes:
+            context = _context_for(spans, TOPIC_TRADE_EXECUTED, received)
             outbound.setdefault(TOPIC_TRADE_EXECUTED, []).append(
-                (outcome.user_id, encode_trade_executed(outcome), headers))
+                (outcome.user_id, encode_trade_executed(outcome, trace_context=context), context))
         self._count(step)
+        return list(spans.values())
 
     async def _price_for(self, instruction: Instruction):
         if isinstance(instruction, TriggerOrder):
@@ -132,3 +147,28 @@ class ExecutionHandler:
             else:
                 self.stats.failed += 1
         self.stats.opened += sum(1 for _, t in step.new_transitions if t.status.value == "OPEN")
+
+
+def _execution_spans(record: LogRecord, step: Step, received: dict[str, str],
+                     started: int | None) -> dict[str, object]:
+    """The record's processing span ("process"), and under it one publish span
+    per topic the step writes to, keyed by topic."""
+    subject = step.outcomes[0] if step.outcomes else \
+        (step.new_transitions[0][0] if step.new_transitions else None)  # the order it moved
+    order = tracing.order_attributes(getattr(subject, "order_id", None), record.key)
+    process = tracing.start(f"process {record.topic}", tracing.CONSUMER, received,
+                            {**tracing.record_attributes(record, **order),
+                             "mocktrade.replay": step.replay}, start_time=started)
+    spans: dict[str, object] = {"process": process}
+    topics = ([TOPIC_ORDER_UPDATES] if step.new_transitions else []) + \
+        ([TOPIC_TRADE_EXECUTED] if step.outcomes else [])
+    for topic in topics:
+        spans[topic] = tracing.start(f"publish {topic}", tracing.PRODUCER, tracing.carrier(process),
+                                     tracing.publish_attributes(topic, record.key, **order))
+    return spans
+
+
+def _context_for(spans: dict[str, object], topic: str, received: dict[str, str]) -> dict[str, str]:
+    """The context an event for `topic` carries: its publish span's, or with
+    tracing off the context the record came with."""
+    return tracing.carrier(spans.get(topic), received)
