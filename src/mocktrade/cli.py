@@ -242,11 +242,20 @@ def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
     uvicorn.Server(config).run()
 
 
+def _start_tracing(process: str) -> None:
+    """Traces on when OTEL_EXPORTER_OTLP_ENDPOINT (or the trace file) is set;
+    the service name is OTEL_SERVICE_NAME, else mocktrade-<process>."""
+    from . import tracing
+
+    tracing.init(f"mocktrade-{process}")
+
+
 def _serve(name: str, settings: Settings) -> int:
     from . import logs
     from .bootstrap import service_process
 
     logs.configure(settings.log_level)
+    _start_tracing("jobs" if name == "all" else name)
     _run_server(service_process(name, settings).app(), settings, name)
     return 0
 
@@ -258,6 +267,9 @@ def _flink_job(name: str, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise CommandError("a Flink job reads Kafka: set MOCKTRADE_KAFKA_BOOTSTRAP (distributed mode)")
     logs.configure(settings.log_level)
+    # This process submits and watches the job; the operators run in Flink's
+    # Python workers, which forward trace context without making spans.
+    _start_tracing(f"{name}-flink")
     _run_server(flink_job_process(name, settings).app(), settings, name)
     return 0
 
@@ -276,6 +288,7 @@ def _up(settings: Settings) -> int:
     from .bootstrap import embedded_platform
 
     logs.configure(settings.log_level)
+    _start_tracing("gateway")  # the one HTTP process; its jobs run in `job all`
     lock = _hold_data_dir(settings)
     platform = embedded_platform(settings)
     base = f"http://{settings.host}:{settings.port}"
