@@ -4,6 +4,7 @@
     .venv/bin/python bench/orders.py --repeat 3          # fresh platform per run, medians
     .venv/bin/python bench/orders.py --rate 1000,500     # (b)+(c) at each rate in turn
     .venv/bin/python bench/orders.py --duration 10 --max-duration 8
+    .venv/bin/python bench/orders.py --observability-matrix   # about 5 minutes
 
 (a) max throughput: closed loop over N keep-alive connections on POST
     /v1/orders (buys and sells of many users, all answered 202), next to the
@@ -17,6 +18,13 @@
     as the portfolio) holds orderTimestamp (set when the order is accepted,
     just before it is published and answered) and executionTimestamp; and,
     joining on orderId, the time the client had its 202 in hand.
+(e) with --observability-matrix: instead of (a)-(d), the cost of metrics and
+    traces: four fresh platforms in one run (metrics on/off x tracing on/off,
+    MOCKTRADE_METRICS=off and OTEL_EXPORTER_OTLP_ENDPOINT), each measured with
+    (a)'s closed loop on orders and (b) at the first --rate; a table of
+    orders/s and p99 for each. "Tracing on" exports over OTLP/HTTP to a sink
+    in this process that reads and discards every POST /v1/traces, so the
+    export cost (encoding, HTTP) is paid as it would be to a real collector.
 
 Users are registered in the platform's store before it starts (the
 `mocktrade accounts create` code path, in-process because a subprocess per
@@ -223,6 +231,97 @@ def run_once(args, index: int) -> dict:
         return {"a": a, "b": b}
 
 
+# -- (e) the cost of metrics and traces --------------------------------------------
+
+class OtlpSink:
+    """A tiny OTLP/HTTP receiver: reads each POST /v1/traces whole, answers
+    200 with an empty ExportTraceServiceResponse, keeps nothing but counts."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+MATRIX = [("on", "off"), ("off", "off"), ("on", "on"), ("off", "on")]  # (metrics, tracing)
+
+
+def matrix_cell(args, metrics: str, tracing: str, sink: OtlpSink) -> dict:
+    env = {"MOCKTRADE_METRICS": metrics, "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "", "MOCKTRADE_TRACE_FILE": ""}
+    if tracing == "on":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    if getattr(args, "tick_rate", 0):  # --tick-rate, where this script has it
+        env["MOCKTRADE_FEED_TICKS_PER_SECOND"] = str(args.tick_rate)
+    exported = sink.requests, sink.bytes
+    with Platform(keep=args.keep, env=env) as platform:
+        people = setup(platform, args.users)
+        platform.start()
+        platform.wait_for_prices(len(SYMBOLS))
+        print(f"(e) metrics {metrics}, tracing {tracing}: pid {platform.pid}", flush=True)
+        prime(platform, people, args.connections)
+        requests = trading_requests(platform, people, args.quantity)
+        result = run_loadgen({"port": platform.port, "requests": requests,
+                              "connections": args.connections, "mode": "closed",
+                              "warmup": 1.0, "duration": args.max_duration}, args.procs)
+        closed = {"rate": completed(result, "202") / result["elapsed"],
+                  "p99": percentile(all_latencies(result), 0.99)}
+        print(f"    closed loop: {closed['rate']:,.0f} orders/s, p99 {closed['p99']:.2f} ms "
+              f"[{status_line(result)}]", flush=True)
+        wait_drained(platform)
+        fixed = fixed_rate(platform, requests, args, args.rates[0])
+    requests_sent, bytes_sent = sink.requests - exported[0], sink.bytes - exported[1]
+    if tracing == "on":
+        print(f"    OTLP export: {requests_sent} requests, {bytes_sent / 1e6:.1f} MB")
+    return {"closed": closed, "fixed": fixed, "otlp_requests": requests_sent}
+
+
+def observability_matrix(args) -> None:
+    sink = OtlpSink()
+    try:
+        cells = {(m, t): [matrix_cell(args, m, t, sink) for _ in range(args.repeat)]
+                 for m, t in MATRIX}
+    finally:
+        sink.close()
+    rate = args.rates[0]
+    print(f"\nsummary: cost of metrics and traces ({args.repeat} run"
+          f"{'s' if args.repeat > 1 else ''} per cell, medians; same machine, same run)")
+    print(f"  {'metrics':8s} {'tracing':8s} {'closed-loop orders/s':>21s} {'closed p99 ms':>14s} "
+          f"{f'p99 ms at {rate:,.0f}/s':>18s} {'accept->executed p99 ms':>24s}")
+    base = median([c["closed"]["rate"] for c in cells[("off", "off")]])
+    for (m, t), runs in cells.items():
+        thr = median([c["closed"]["rate"] for c in runs])
+        print(f"  {m:8s} {t:8s} {thr:>14,.0f} ({100 * (thr / base - 1):+4.0f}%) "
+              f"{median([c['closed']['p99'] for c in runs]):>14.2f} "
+              f"{median([c['fixed']['p99'] for c in runs]):>18.2f} "
+              f"{median([c['fixed']['exec_p99'] for c in runs]):>24.2f}")
+    if any(c["otlp_requests"] == 0 for (m, t), runs in cells.items() if t == "on" for c in runs):
+        print("  WARNING: a tracing-on platform exported nothing; its figures are not tracing's")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -242,9 +341,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh platform")
     parser.add_argument("--wrk", action="store_true", help="also run wrk on /healthz, if installed")
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    parser.add_argument("--observability-matrix", action="store_true",
+                        help="(e) only: metrics on/off x tracing on/off, side by side")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rate.split(",")]
     print(f"orders benchmark on {machine()}; load {open('/proc/loadavg').read().split()[:3]}")
+    if args.observability_matrix:
+        observability_matrix(args)
+        return
     runs = [run_once(args, i) for i in range(args.repeat)]
 
     thr = median([r["a"]["orders"]["rate"] for r in runs])
