@@ -27,6 +27,10 @@ def traced(request, tmp_path_factory):
     trace_file = base / "spans.jsonl"
     running = RunningPlatform(base / "data", engines=engines,
                               env={"MOCKTRADE_TRACE_FILE": str(trace_file)}).start()
+    with running.client("alice") as alice:  # orders need a price (the feed's first ticks)
+        for symbol in ("MOCKAAPL", "MOCKMSFT"):
+            wait_for(lambda: alice.get(f"/v1/prices/{symbol}").status_code == 200, timeout=60,
+                     interval=0.2)
     yield running, trace_file
     running.stop()
 
