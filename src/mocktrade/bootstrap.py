@@ -301,6 +301,8 @@ class Process:
         settings = self.resources.settings
         checks.update(await readiness.check(readiness.configured_engines(settings, self.roles),
                                             settings.dynamodb_region))
+        if not settings.kafka_bootstrap:  # embedded: the stand-ins live in data_dir
+            checks["disk"] = readiness.disk(settings.data_dir)
         return checks
 
     def app(self) -> FastAPI:

@@ -27,8 +27,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class DroppingStreamHandler(logging.StreamHandler):
+    """A log line that cannot be written (the log file's disk is full) is
+    dropped and counted, never raised: the platform keeps serving and logs
+    again once there is room. logging's default would print a traceback per
+    failed line to the same full stream."""
+
+    dropped = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            type(self).dropped += 1
+            return
+        super().handleError(record)  # a formatting bug is still reported
+
+
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = DroppingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

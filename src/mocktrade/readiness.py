@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+from pathlib import Path
 from urllib.parse import urlparse
 
 from .config import Settings
@@ -50,6 +52,23 @@ async def check(engines: dict[str, str], region: str = probes.DEFAULT_DYNAMODB_R
         except Exception as exc:  # any failure means "not reachable" to an operator
             return name, f"unreachable at {address}: {exc or type(exc).__name__}"
     return dict(await asyncio.gather(*(one(n, a) for n, a in engines.items())))
+
+
+# Below this much free space under the embedded data directory the platform
+# says it is not ready: SQLite needs room for WAL pages before a commit can
+# succeed, so orders are about to be refused (503) or already are.
+MIN_FREE_BYTES = 1 << 20
+
+
+def disk(data_dir: Path) -> str:
+    """"ok", or how full the filesystem of the embedded data directory is."""
+    try:
+        usage = shutil.disk_usage(data_dir)
+    except OSError as exc:
+        return f"data directory unreadable: {exc}"
+    if usage.free < MIN_FREE_BYTES:
+        return f"full: {usage.free} bytes free under {data_dir}"
+    return "ok"
 
 
 async def wait_for(engines: dict[str, str], max_delay: float = 5.0,

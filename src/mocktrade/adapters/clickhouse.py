@@ -157,6 +157,17 @@ def volume_sql(symbol: str | None, table: str = TABLE) -> str:
 
 # -- making clients ------------------------------------------------------------
 
+# A full disk is an outage of the store, not a bug in the statement: ClickHouse
+# (and chDB in-process, as a RuntimeError) says NOT_ENOUGH_SPACE (code 243)
+# when it cannot reserve room for a part, or passes on the OS's ENOSPC. The
+# job runner retries the batch until space returns; nothing is dropped.
+_OUT_OF_SPACE = ("NOT_ENOUGH_SPACE", "No space left on device", "Code: 243.")
+
+
+def out_of_space(exc: BaseException) -> bool:
+    return any(sign in str(exc) for sign in _OUT_OF_SPACE)
+
+
 def open_chdb_client(path: str | Path) -> Client:
     """clickhouse-connect's client over chDB, on (and creating) a data directory."""
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -278,6 +289,10 @@ class ClickHouseAnalytics:
             return work(self._get_client())
         except OperationalError as exc:
             raise DependencyUnavailable(DEPENDENCY, str(exc)) from exc
+        except Exception as exc:
+            if out_of_space(exc):
+                raise DependencyUnavailable(DEPENDENCY, str(exc).splitlines()[0]) from exc
+            raise
 
     async def _run(self, work: Callable[[Client], _T]) -> _T:
         if self._closed:

@@ -41,7 +41,9 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
                 records = await _gather_more(consumer, records, max_records, linger)
             await handle_until_done(handler, records, group)
             if commit:
-                await consumer.commit(records)
+                # A commit is a write too (the embedded log's offsets live in
+                # its SQLite file): on a full disk it waits like the handler.
+                await _until_done(lambda: consumer.commit(records), group, "commit")
             meter.processed(len(records))
     finally:
         meter.close()
@@ -61,13 +63,17 @@ async def _gather_more(consumer, records: list[LogRecord], max_records: int,
 
 async def handle_until_done(handler: Handler, records: Sequence[LogRecord], group: str) -> None:
     """Retry a batch while a dependency is down; nothing is skipped or committed."""
+    await _until_done(lambda: handler(records), group, "batch")
+
+
+async def _until_done(action: Callable[[], Awaitable[None]], group: str, what: str) -> None:
     delay = 0.05
     while True:
         try:
-            await handler(records)
+            await action()
             return
         except DependencyUnavailable as exc:
-            log.warning("dependency down, retrying batch",
+            log.warning(f"dependency down, retrying {what}",
                         extra={"group": group, "reason": str(exc), "retryIn": round(delay, 2)})
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)

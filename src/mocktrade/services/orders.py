@@ -197,8 +197,7 @@ class OrderService:
         if order.client_order_id is not None:
             order = await self._claim_client_order_id(order, request.fingerprint())
         await self._publish(order, trace_context)
-        if order.client_order_id is not None:
-            await self._idempotency.mark_published(user_id, _client_key(order.client_order_id))
+        await self._mark_published(user_id, None, order)
         return AcceptedOrder(order.order_id, replayed=False)
 
     async def _place_once(self, user_id: str, request: OrderRequest, key: str,
@@ -237,10 +236,22 @@ class OrderService:
         if order.client_order_id is not None:
             order = await self._claim_client_order_id(order, fingerprint)
         await self._publish(order, trace_context)
-        await self._idempotency.mark_published(user_id, key)
-        if order.client_order_id is not None:
-            await self._idempotency.mark_published(user_id, _client_key(order.client_order_id))
+        await self._mark_published(user_id, key, order)
         return AcceptedOrder(record.order_id, replayed=False)
+
+    async def _mark_published(self, user_id: str, key: str | None, order: Order) -> None:
+        """The order is in the log (durable) once published, so it is accepted
+        whatever happens here. If the mark cannot be written (a full disk), a
+        retry with the same key publishes the same orderId again, which
+        execution ignores as a replay: the mark only saves that round trip."""
+        try:
+            if key is not None:
+                await self._idempotency.mark_published(user_id, key)
+            if order.client_order_id is not None:
+                await self._idempotency.mark_published(user_id, _client_key(order.client_order_id))
+        except DependencyUnavailable as exc:
+            log.warning("order published but not marked so; a retry republishes it",
+                        extra={"orderId": order.order_id, "userId": user_id, "reason": str(exc)})
 
     @staticmethod
     def _check_fingerprint(record, fingerprint: str) -> None:

@@ -58,15 +58,19 @@ class SqliteIdempotencyStore:
                 "WHERE userId = ? AND idempotencyKey = ?", (user_id, key)).fetchone()
         return IdempotencyRecord(stored_order, stored_fingerprint, bool(published), decline)
 
+    # Both writes go through write_transaction so that a full disk or a held
+    # lock is ports.DependencyUnavailable (503), never a raw sqlite3 error (500).
     async def mark_published(self, user_id: str, key: str) -> None:
-        self._conn.execute(
-            "UPDATE idempotency_keys SET published = 1 WHERE userId = ? AND idempotencyKey = ?",
-            (user_id, key))
+        with write_transaction(self._conn, "idempotency store") as conn:
+            conn.execute(
+                "UPDATE idempotency_keys SET published = 1 WHERE userId = ? AND idempotencyKey = ?",
+                (user_id, key))
 
     async def remember_decline(self, user_id: str, key: str, decline: str) -> None:
-        self._conn.execute(
-            "UPDATE idempotency_keys SET decline = ? WHERE userId = ? AND idempotencyKey = ?",
-            (decline, user_id, key))
+        with write_transaction(self._conn, "idempotency store") as conn:
+            conn.execute(
+                "UPDATE idempotency_keys SET decline = ? WHERE userId = ? AND idempotencyKey = ?",
+                (decline, user_id, key))
 
     async def close(self) -> None:
         self._conn.close()
