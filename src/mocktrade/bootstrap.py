@@ -145,7 +145,9 @@ class Resources:
 
     @cached_property
     def tokens(self) -> TokenIssuer:
-        return TokenIssuer(self.settings.key_ring(), self.settings.token_ttl_seconds)
+        s = self.settings
+        return TokenIssuer(s.key_ring(), s.token_ttl_seconds,
+                           RateLimiter(s.bad_token_rate, s.bad_token_burst))
 
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
@@ -167,7 +169,8 @@ def order_service(r: Resources) -> OrderService:
 def account_service(r: Resources) -> AccountService:
     s = r.settings
     return AccountService(r.portfolios, r.tokens,
-                          SignupPolicy(s.signup_enabled, s.signup_max_cash, s.demo_cash))
+                          SignupPolicy(s.signup_enabled, s.signup_max_cash, s.demo_cash),
+                          s.signin_failure_rate, s.signin_failure_burst)
 
 
 def query_service(r: Resources) -> QueryService:

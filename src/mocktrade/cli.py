@@ -238,7 +238,10 @@ def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
                             log_config=None, access_log=False, loop="uvloop",
                             http=LimitedHttpToolsProtocol, ws_max_size=WS_MAX_MESSAGE_BYTES,
                             ws="websockets-sansio", ws_per_message_deflate=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5,
+                            # uvicorn would believe X-Forwarded-For from 127.0.0.1; the
+                            # per-address limits decide that (MOCKTRADE_TRUSTED_PROXIES).
+                            proxy_headers=False)
     uvicorn.Server(config).run()
 
 

@@ -99,6 +99,12 @@ class Settings:
     # empty: same-origin only, no Access-Control-* header ever.
     cors_origins: tuple[str, ...] = ()
     token_ttl_seconds: int = 7 * 24 * 3600
+    # Per client address: invalid or expired bearer tokens (services.auth)
+    # and failed sign-ins (services.accounts), each a token bucket.
+    bad_token_rate: float = 1.0
+    bad_token_burst: int = 20
+    signin_failure_rate: float = 1 / 6
+    signin_failure_burst: int = 10
     rate_limit_per_second: float = 200.0
     rate_limit_burst: int = 400
     log_partitions: int = 4
@@ -164,6 +170,10 @@ class Settings:
             trusted_proxies=_env("TRUSTED_PROXIES", ""),
             cors_origins=_origins(_env("CORS_ORIGINS", "")),
             token_ttl_seconds=_number("TOKEN_TTL_SECONDS", str(7 * 24 * 3600), int),
+            bad_token_rate=_number("BAD_TOKEN_RATE", "1"),
+            bad_token_burst=_number("BAD_TOKEN_BURST", "20", int),
+            signin_failure_rate=_number("SIGNIN_FAILURE_RATE", str(1 / 6)),
+            signin_failure_burst=_number("SIGNIN_FAILURE_BURST", "10", int),
             rate_limit_per_second=_number("RATE_LIMIT_PER_SECOND", "200"),
             rate_limit_burst=_number("RATE_LIMIT_BURST", "400", int),
             log_partitions=_number("LOG_PARTITIONS", "4", int),

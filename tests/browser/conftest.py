@@ -59,6 +59,13 @@ class Console:
         self.page, self.platform = page, platform
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        # The pages' Content-Security-Policy must never have to refuse anything:
+        # chromium reports each refusal on the console and as an event.
+        page.on("console", lambda message: self.errors.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        page.add_init_script("document.addEventListener('securitypolicyviolation', e => "
+                             "console.error('Content Security Policy violation: ' + "
+                             "e.violatedDirective + ' ' + e.blockedURI))")
 
     def new_account(self, cash: str = "10000.00", prefix: str = "web") -> str:
         """A fresh user (self-service sign-up over the API), so tests do not share state."""

@@ -243,3 +243,18 @@ def test_the_decimal_helper_is_exact(console):
     }""")
     assert results == ["0.3", "-0.0001", "303.7500000000", "0.12", "0.14", "-2", "7.00",
                        "0.02", "0.3333", None, 0, "3.300", "123456789012345678990000.00"]
+
+
+def test_the_content_security_policy_refuses_inline_script(console):
+    """The console's policy is live (and the check every test ends with sees a
+    refusal): a script written into the page is refused, not run."""
+    console.open_as(console.new_account())
+    ran = console.page.evaluate("""() => {
+        const script = document.createElement("script");
+        script.textContent = "window.injected = true";
+        document.head.appendChild(script);
+        return window.injected === true;
+    }""")
+    assert not ran
+    wait_for(lambda: any("Content Security Policy" in e for e in console.errors), timeout=5)
+    console.errors.clear()

@@ -237,7 +237,8 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")
+    # Microseconds: a key retires exactly when it was promised to.
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="microseconds")
 
 
 def _epoch(text: str) -> float:
