@@ -45,6 +45,9 @@ class Deployment:
                "MOCKTRADE_RATE_LIMIT_PER_SECOND": "1000", "MOCKTRADE_RATE_LIMIT_BURST": "2000"}
         timeout = 120.0
         if self.job_engine == "flink":
+            from mocktrade.jobs.flink.provision import flink_runtime
+
+            flink_runtime()  # the PyFlink venv (built on first use, cached after)
             env |= {"MOCKTRADE_JOB_ENGINE": "flink", "MOCKTRADE_FLINK_CHECKPOINT_INTERVAL_MS": "1000"}
             timeout = 300.0
         self.platform = RunningPlatform(self.root / "data", engines={**engines, "MOCKTRADE_STACK_DIR":

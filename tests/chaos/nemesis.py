@@ -60,19 +60,22 @@ class Nemesis:
         self.began = time.monotonic()
 
     def schedule(self):
-        """Every (target, kind) once in a shuffled round, then again: each
-        target meets each fault as early as the run's length allows."""
+        """First every target once, with a random kind, in a shuffled order;
+        then rounds of every (target, kind) pair, each shuffled."""
+        first = [(target, self.rng.choice(KINDS)) for target in self.targets]
+        self.rng.shuffle(first)
+        yield from first
         while True:
             round_ = [(target, kind) for target in self.targets for kind in KINDS]
             self.rng.shuffle(round_)
             yield from round_
 
     def faults(self, duration: float, gap: float = 1.0):
-        """Inject faults until `duration` seconds have passed, yielding each
-        once healed and measured (the last one too, even past the end)."""
+        """Inject faults until `duration` seconds have passed and every target
+        has had one, yielding each once healed and measured."""
         end = time.monotonic() + duration
-        for target, kind in self.schedule():
-            if time.monotonic() >= end:
+        for count, (target, kind) in enumerate(self.schedule()):
+            if time.monotonic() >= end and count >= len(self.targets):
                 return
             yield self.inject(target, kind)
             time.sleep(gap)
