@@ -1,7 +1,7 @@
 // Small DOM helpers: element building and number display.
 import { sign } from "./decimal.js";
 
-/** h("td", {class: "num"}, "12.50") */
+/** h("td", {class: "num"}, "12.50"); style is an object: {width: "40%"} */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -10,6 +10,8 @@ export function h(tag, attrs = {}, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
     else if (k === "text") el.textContent = v;
+    // Through the CSSOM, never a style attribute: the page's CSP allows no inline style.
+    else if (k === "style") Object.assign(el.style, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
   for (const child of children.flat()) {

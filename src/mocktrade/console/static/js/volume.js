@@ -33,7 +33,7 @@ export class VolumeChart {
       const width = `${Math.max(0.5, Number(pct) * 100)}%`;
       return h("li", { dataset: { symbol: r.symbol } },
         h("span", { class: "vol-symbol" }, r.symbol),
-        h("span", { class: "vol-track", "aria-hidden": "true" }, h("span", { class: "vol-bar", style: `width:${width}` })),
+        h("span", { class: "vol-track", "aria-hidden": "true" }, h("span", { class: "vol-bar", style: { width } })),
         h("span", { class: "vol-value" }, `${r.volume} sh`,
           h("span", { class: "muted" }, ` · ${r.tradeCount} trades · ${r.notional}`)));
     }));
