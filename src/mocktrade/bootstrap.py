@@ -422,6 +422,8 @@ def _all_jobs(settings: Settings) -> Process:
     """Every job in one process: the embedded platform's job process (or, with
     the engines configured, all jobs of a small deployment together). It owns
     chDB and serves it to the HTTP process."""
+    if not settings.distributed:
+        _checkpoints_elsewhere()
     r = Resources(settings, owns_analytics=True, sets_prices=settings.distributed)
     p = Process("jobs", r, ROLES["all"])
     _add_jobs(p)
@@ -441,12 +443,23 @@ def _add_jobs(p: Process) -> None:
                 await asyncio.sleep(3600)
                 await r.event_log.apply_retention()
         p.background("log-retention", retain)
+        # The platform's SQLite files are checkpointed here, off the commits
+        # of the HTTP process and of the jobs (adapters/embedded/checkpoints.py).
+        from .adapters.embedded.checkpoints import WalCheckpointer
+        checkpointer = WalCheckpointer(r.settings.data_dir)
+        p.on_start(checkpointer.astart, checkpointer.astop)
+
+
+def _checkpoints_elsewhere() -> None:
+    from .adapters.embedded._sqlite import checkpoints_elsewhere
+    checkpoints_elsewhere()
 
 
 def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
     """Every service and job of the reference architecture behind one port:
     HTTP and WebSockets in this process, the jobs in a child process it
     supervises (`jobs_apart`, the default: both cores at work), or all here."""
+    _checkpoints_elsewhere()  # the job process (or _add_jobs here) runs the checkpointer
     jobs = None
     if jobs_apart:
         from .job_process import JobProcess

@@ -4,7 +4,8 @@ write transaction is taken, and how times and amounts are stored.
 Durability: WAL with synchronous=NORMAL. A commit appends to the WAL file with
 write(2) before it returns, so once a call has returned its data is in the
 operating system's page cache and survives the process being killed (kill -9);
-only the WAL checkpoint is fsynced. Losing the last commits on a power cut is
+only the WAL checkpoint is fsynced (by a WalCheckpointer thread where the
+platform runs one: checkpoints.py). Losing the last commits on a power cut is
 the accepted price of microsecond commits for an embedded stand-in.
 
 Several processes may open the same file (the `mocktrade accounts` CLI while
@@ -26,6 +27,23 @@ from ...ports import DependencyUnavailable
 
 BUSY_TIMEOUT_MS = 5_000
 
+# WAL pages at which a committing connection checkpoints by itself (SQLite's
+# default). A checkpoint inside a commit puts its copying and fsync on
+# whoever committed: the HTTP process's group commit, the execution batch.
+# A process whose platform runs a WalCheckpointer (checkpoints.py) calls
+# checkpoints_elsewhere() before opening adapters, and its commits only append.
+_auto_checkpoint_pages = 1000
+
+# After a checkpoint has emptied the WAL, the next writer starts it over and
+# cuts the file to this size, so one burst does not leave a large file behind.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def checkpoints_elsewhere() -> None:
+    """Connections opened by this process from now on never checkpoint in a commit."""
+    global _auto_checkpoint_pages
+    _auto_checkpoint_pages = 0
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -40,6 +58,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {_auto_checkpoint_pages}")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
