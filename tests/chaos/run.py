@@ -77,7 +77,8 @@ def chaos_run(root: Path, duration: float, *, users: int = 4, seed: int = 1, job
         history = report.history
         tokens = deployment.tokens()
         probe = Probe(deployment, history)
-        if probe.succeeds_within(120) is None:
+        # Flink jobs start after the gateway answers: minutes for three mini-clusters here.
+        if probe.succeeds_within(600 if job_engine == "flink" else 120) is None:
             raise AssertionError("the deployment does not execute orders before any fault:\n"
                                  + deployment.platform.log())
         workload = Workload(deployment.platform.base, tokens, SYMBOLS, history, seed=seed, pause=pause).start()
