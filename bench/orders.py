@@ -4,6 +4,7 @@
     .venv/bin/python bench/orders.py --repeat 3          # fresh platform per run, medians
     .venv/bin/python bench/orders.py --rate 1000,500     # (b)+(c) at each rate in turn
     .venv/bin/python bench/orders.py --duration 10 --max-duration 8
+    .venv/bin/python bench/orders.py --with-fanout 1000 --tick-rate 200   # about 2.5 minutes
     .venv/bin/python bench/orders.py --observability-matrix   # about 5 minutes
 
 (a) max throughput: closed loop over N keep-alive connections on POST
@@ -18,6 +19,12 @@
     as the portfolio) holds orderTimestamp (set when the order is accepted,
     just before it is published and answered) and executionTimestamp; and,
     joining on orderId, the time the client had its 202 in hand.
+(d) with --with-fanout N: (b)+(c) at each rate again, now with N price
+    subscribers (bench/fanout_clients.py, a process of their own) joined to
+    the platform's WebSocket while the orders stream in, and their
+    feed->client latency over the same window; printed side by side with
+    (b)+(c) of the same run. --tick-rate sets the feed's ticks/s for the
+    whole run (both sides), so the only difference is the subscribers.
 (e) with --observability-matrix: instead of (a)-(d), the cost of metrics and
     traces: four fresh platforms in one run (metrics on/off x tracing on/off,
     MOCKTRADE_METRICS=off and OTEL_EXPORTER_OTLP_ENDPOINT), each measured with
@@ -41,6 +48,7 @@ never passes or fails on time.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -58,7 +66,8 @@ from common import (CpuMeter, Platform, all_latencies, completed, eventlog_count
 
 GOAL_THROUGHPUT = 2000.0   # orders/s
 GOAL_P99_MS = 25.0         # at 1,000/s
-GOAL_EXECUTED_P99_MS = 100.0
+GOAL_EXECUTED_P99_MS = 50.0
+GOAL_FANOUT_P99_MS = 50.0  # feed -> subscriber, with the orders running
 
 SYMBOLS = ("MOCKAAPL", "MOCKMSFT", "MOCKGOOG", "MOCKAMZN", "MOCKNVDA", "MOCKMETA", "MOCKTSLA",
            "MOCKBRK", "MOCKJPM", "MOCKV", "MOCKJNJ", "MOCKWMT", "MOCKPG", "MOCKMA", "MOCKUNH",
@@ -213,8 +222,36 @@ def fixed_rate(platform: Platform, requests: list[list[str]], args, rate: float)
             "non202": sent - completed(result, "202"), "cpu": cpu}
 
 
+def with_fanout(platform: Platform, requests: list[list[str]], args, rate: float) -> dict:
+    """(b)+(c) while N subscribers receive the price fan-out; their latency too."""
+    clients = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fanout_clients.py")), platform.ws_url,
+         "--subscribers", str(args.with_fanout), "--symbols", str(len(SYMBOLS))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        joined = clients.stdout.readline().strip()
+        print(f"    fan-out: {joined} of {args.with_fanout} subscribers", flush=True)
+        clients.stdin.write("start\n")
+        clients.stdin.flush()
+        figures = fixed_rate(platform, requests, args, rate)
+        clients.stdin.write("stop\n")
+        clients.stdin.flush()
+        fanout = json.loads(clients.stdout.readline())
+    finally:
+        if clients.poll() is None:
+            clients.kill()
+        clients.wait()
+    print(f"    fan-out feed->client over the same window: p50 {fanout['p50']:.2f} ms, p99 "
+          f"{fanout['p99']:.2f} ms, p99.9 {fanout['p999']:.2f} ms, max {fanout['max']:.2f} ms; "
+          f"{fanout['messages']:,} messages; dropped {fanout['dropped']}, other closes "
+          f"{fanout['closed']}, join failures {fanout['join_failures']}")
+    figures["fanout"] = fanout
+    return figures
+
+
 def run_once(args, index: int) -> dict:
-    with Platform(keep=args.keep) as platform:
+    env = {"MOCKTRADE_FEED_TICKS_PER_SECOND": str(args.tick_rate)} if args.tick_rate else None
+    with Platform(keep=args.keep, env=env) as platform:
         people = setup(platform, args.users)
         platform.start()
         platform.wait_for_prices(len(SYMBOLS))
@@ -228,7 +265,12 @@ def run_once(args, index: int) -> dict:
         for rate in args.rates:
             print(f"(b)+(c) fixed rate {rate:,.0f} orders/s", flush=True)
             b[rate] = fixed_rate(platform, requests, args, rate)
-        return {"a": a, "b": b}
+        d = {}
+        for rate in args.rates if args.with_fanout else ():
+            print(f"(d) fixed rate {rate:,.0f} orders/s with {args.with_fanout} price subscribers",
+                  flush=True)
+            d[rate] = with_fanout(platform, requests, args, rate)
+        return {"a": a, "b": b, "d": d}
 
 
 # -- (e) the cost of metrics and traces --------------------------------------------
@@ -341,6 +383,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh platform")
     parser.add_argument("--wrk", action="store_true", help="also run wrk on /healthz, if installed")
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    parser.add_argument("--with-fanout", type=int, default=0, metavar="N",
+                        help="(d): repeat (b)+(c) with N price subscribers connected")
+    parser.add_argument("--tick-rate", type=float, default=0.0,
+                        help="feed ticks/s for the whole run (default: the platform's)")
     parser.add_argument("--observability-matrix", action="store_true",
                         help="(e) only: metrics on/off x tracing on/off, side by side")
     args = parser.parse_args()
@@ -372,6 +418,15 @@ def main() -> None:
               f"(from the client's 202: p99 "
               f"{median([r['b'][rate]['answer_exec_p99'] for r in runs]):.2f} ms); "
               f"goal p99 < {GOAL_EXECUTED_P99_MS:.0f} ms: {verdict(exec99 < GOAL_EXECUTED_P99_MS)}")
+    for rate in args.rates if args.with_fanout else ():
+        pick = lambda key, part="d": median([r[part][rate][key] for r in runs])  # noqa: E731
+        fan99 = median([r["d"][rate]["fanout"]["p99"] for r in runs])
+        print(f"  (d) at {rate:,.0f}/s, without | with {args.with_fanout} subscribers "
+              f"({args.tick_rate or 'default'} ticks/s both): orders p99 {pick('p99', 'b'):.2f} | "
+              f"{pick('p99'):.2f} ms (goal < {GOAL_P99_MS:.0f}); accept->executed p99 "
+              f"{pick('exec_p99', 'b'):.2f} | {pick('exec_p99'):.2f} ms "
+              f"(goal < {GOAL_EXECUTED_P99_MS:.0f}); fan-out p99 {fan99:.2f} ms "
+              f"(goal < {GOAL_FANOUT_P99_MS:.0f}): {verdict(fan99 < GOAL_FANOUT_P99_MS)}")
     for i, r in enumerate(runs):
         at = "; ".join(f"at {rate:,.0f}/s p99 {r['b'][rate]['p99']:.2f} ms, exec p99 "
                        f"{r['b'][rate]['exec_p99']:.2f} ms, other processes "
