@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.chaos.nemesis import ENGINES, JOBS, KINDS, SERVICES  # noqa: E402
 from tests.chaos.run import chaos_run  # noqa: E402
 
 
@@ -40,14 +41,23 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between one fault's recovery and the next")
     parser.add_argument("--recovery-timeout", type=float, default=90.0,
                         help="seconds to wait for a probe order after each fault before moving on")
+    parser.add_argument("--targets", default=",".join(SERVICES + JOBS + ENGINES),
+                        help="comma-separated processes and engines to fault (default: all)")
+    parser.add_argument("--kinds", default="kill,pause", help="faults to inject: kill, pause or both")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--root", type=Path, help="directory for engines and data (default: a fresh temp dir)")
     args = parser.parse_args()
+    targets = tuple(t for t in args.targets.split(",") if t)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = set(targets) - set(SERVICES + JOBS + ENGINES) or set(kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown target or kind: {', '.join(sorted(unknown))}")
     root = args.root or Path(tempfile.mkdtemp(prefix="mocktrade-chaos-"))
     began = time.monotonic()
     report = chaos_run(root, args.duration, users=args.users, seed=args.seed, job_engine=args.jobs,
                        hold=tuple(args.hold), gap=args.gap, recovery_timeout=args.recovery_timeout,
-                       pause=args.pause, log=lambda line: print(line, flush=True))
+                       pause=args.pause, targets=targets, kinds=kinds,
+                       log=lambda line: print(line, flush=True))
     print()
     print(report.text())
     print(f"\ntotal wall time {time.monotonic() - began:.0f}s")

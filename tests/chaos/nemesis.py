@@ -49,24 +49,25 @@ def label(target: str) -> str:
 class Nemesis:
     def __init__(self, deployment: Deployment, probe: Probe, seed: int = 1,
                  hold: tuple[float, float] = (1.0, 3.0), recovery_timeout: float = 60.0,
-                 targets: tuple[str, ...] = SERVICES + JOBS + ENGINES):
+                 targets: tuple[str, ...] = SERVICES + JOBS + ENGINES, kinds: tuple[str, ...] = KINDS):
         self.deployment = deployment
         self.probe = probe
         self.rng = random.Random(seed)
         self.hold = hold
         self.recovery_timeout = recovery_timeout
         self.targets = targets
+        self.kinds = kinds
         self.injected: list[Fault] = []
         self.began = time.monotonic()
 
     def schedule(self):
         """First every target once, with a random kind, in a shuffled order;
         then rounds of every (target, kind) pair, each shuffled."""
-        first = [(target, self.rng.choice(KINDS)) for target in self.targets]
+        first = [(target, self.rng.choice(self.kinds)) for target in self.targets]
         self.rng.shuffle(first)
         yield from first
         while True:
-            round_ = [(target, kind) for target in self.targets for kind in KINDS]
+            round_ = [(target, kind) for target in self.targets for kind in self.kinds]
             self.rng.shuffle(round_)
             yield from round_
 

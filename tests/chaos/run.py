@@ -12,7 +12,7 @@ from mocktrade import stack
 
 from .checker import Checker, Verdict
 from .deployment import INITIAL_CASH, PROBE_USER, SYMBOLS, Deployment, Probe
-from .nemesis import ENGINES, Fault, Nemesis, label
+from .nemesis import ENGINES, JOBS, KINDS, SERVICES, Fault, Nemesis, label
 from .workload import History, Workload
 from tests.e2e.conftest import MOCKTRADE
 
@@ -67,7 +67,9 @@ class Report:
 
 def chaos_run(root: Path, duration: float, *, users: int = 4, seed: int = 1, job_engine: str = "consumer",
               hold: tuple[float, float] = (1.0, 3.0), recovery_timeout: float = 60.0,
-              heal_timeout: float = 240.0, pause: float = 0.25, gap: float = 1.0, log=print) -> Report:
+              heal_timeout: float = 240.0, pause: float = 0.25, gap: float = 1.0,
+              targets: tuple[str, ...] = SERVICES + JOBS + ENGINES, kinds: tuple[str, ...] = KINDS,
+              log=print) -> Report:
     report = Report(job_engine)
     deployment = Deployment(root, tuple(f"chaos{i}" for i in range(1, users + 1)), job_engine)
     deployment.start()
@@ -82,7 +84,8 @@ def chaos_run(root: Path, duration: float, *, users: int = 4, seed: int = 1, job
             raise AssertionError("the deployment does not execute orders before any fault:\n"
                                  + deployment.platform.log())
         workload = Workload(deployment.platform.base, tokens, SYMBOLS, history, seed=seed, pause=pause).start()
-        nemesis = Nemesis(deployment, probe, seed=seed, hold=hold, recovery_timeout=recovery_timeout)
+        nemesis = Nemesis(deployment, probe, seed=seed, hold=hold, recovery_timeout=recovery_timeout,
+                          targets=targets, kinds=kinds)
         began = time.monotonic()
         try:
             for fault in nemesis.faults(duration, gap):
