@@ -44,15 +44,18 @@ def read_secret(path: Path) -> str:
 def create_secret(path: Path, content: str) -> bool:
     """Write a new secret file (0600) unless one exists; False if it did.
 
-    O_EXCL so two processes starting together agree on one value.
+    Written in full beside it, then linked into place (link fails if the
+    name exists): two processes starting together agree on one value, and
+    neither ever reads a half-written file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _write_temporary(path, content)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY)
+        os.link(temporary, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
+    finally:
+        temporary.unlink()
     return True
 
 
@@ -60,10 +63,14 @@ def replace_secret(path: Path, content: str) -> None:
     """Atomically replace a secret file: a 0600 temporary beside it, renamed
     over it, so a reader sees the old content or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
+    os.replace(_write_temporary(path, content), path)
+
+
+def _write_temporary(path: Path, content: str) -> Path:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    return temporary
