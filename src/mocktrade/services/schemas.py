@@ -370,14 +370,15 @@ _HEADER_RETRY = {"Retry-After": {"description": "Seconds to wait before retrying
                                  "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 _ERRORS = {
     400: ("Invalid request: a parameter or the body breaks the contract (`error.field` names it)", None),
-    401: ("Missing, malformed or expired bearer token",
+    401: ("Missing, malformed or expired bearer token, or one signed by a retired or unknown key",
           {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}),
     402: ("Insufficient buying power at the latest price", None),
     403: ("Forbidden", None),
     404: ("Not found", None),
     409: ("Conflict", None),
     422: ("Well-formed but not possible in the current state", None),
-    429: ("Rate limited", _HEADER_RETRY),
+    429: ("Rate limited: this user's requests, or this client address's invalid tokens",
+          _HEADER_RETRY),
     503: ("A dependency is down, or no price yet; nothing was changed", _HEADER_RETRY),
 }
 
