@@ -56,7 +56,10 @@ class IngestionService:
             attempts += 1
             try:
                 async with websockets.connect(self.feed_url, compression=None,
-                                              open_timeout=5, max_size=2 ** 22) as feed:
+                                              open_timeout=5, max_size=2 ** 22,
+                                              # a feed that keeps sending never answers our
+                                              # close frame at once: do not hold a stop 10 s
+                                              close_timeout=1) as feed:
                     self.connected = True
                     log.info("connected to feed", extra={"feedUrl": self.feed_url})
                     backoff, failures = self._initial_backoff, 0
@@ -76,7 +79,12 @@ class IngestionService:
 
     async def _ingest(self, feed: websockets.ClientConnection) -> None:
         while True:
-            frame = await asyncio.wait_for(feed.recv(), self._stale_after)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancellation that arrives when recv() has already completed,
+            # which at thousands of ticks/s is nearly every time, and the
+            # service would then outlive the platform stopping it.
+            async with asyncio.timeout(self._stale_after):
+                frame = await feed.recv()
             ticks = self._ticks_of(frame)
             if ticks:
                 await self._publish(ticks)
