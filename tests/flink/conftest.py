@@ -21,6 +21,28 @@ USERS = ("load1", "load2", "load3", "load4")
 JOB_PORTS = {"execution": 10, "persistence": 4, "triggers": 5}
 
 
+# Ports for the three jobs' Prometheus reporters, and slack for a restarted
+# JVM that binds before the old one's port is released.
+METRICS_PORTS = 6
+
+
+def free_port_range(count: int) -> list[int]:
+    """`count` consecutive free loopback ports."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(30000, 50000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return list(range(base, base + count))
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def job_ready(platform: RunningPlatform, job: str) -> bool:
     """A Flink job service's /readyz says ok once its current run completed a checkpoint."""
     try:
@@ -37,9 +59,15 @@ def flink_cluster(real_engines, tmp_path_factory):
     began = time.monotonic()
     flink_runtime()  # cached after the first run
     print(f"pyflink runtime ready after {time.monotonic() - began:.1f}s")
+    metrics_ports = free_port_range(METRICS_PORTS)
     running = RunningPlatform(tmp_path_factory.mktemp("flink") / "data", engines=real_engines,
                               env={"MOCKTRADE_JOB_ENGINE": "flink",
-                                   "MOCKTRADE_FLINK_CHECKPOINT_INTERVAL_MS": "1000"})
+                                   "MOCKTRADE_FLINK_CHECKPOINT_INTERVAL_MS": "1000",
+                                   # Each job's mini-cluster: its Prometheus reporter on
+                                   # the first free port of the range.
+                                   "MOCKTRADE_FLINK_METRICS_PORT":
+                                       f"{metrics_ports[0]}-{metrics_ports[-1]}"})
+    running.flink_metrics_ports = metrics_ports
     try:
         running.start(timeout=240)
         # The gateway answers before the Flink jobs run.

@@ -97,8 +97,8 @@ def flink_configuration(options: FlinkJobOptions) -> dict[str, str]:
         conf["python.fn-execution.bundle.time"] = str(options.buffer_timeout_ms)
     if options.metrics_port:
         # The operators' metrics (jobs/flink/metrics.py) and Flink's own, as
-        # Prometheus text on that port. The reporter ships in the distribution's
-        # plugins/ (pyflink/plugins here), which the mini-cluster loads.
+        # Prometheus text on that port. The reporter's jar ships in PyFlink's
+        # plugins/; the job service puts it on the class path (service.py).
         conf["metrics.reporter.prom.factory.class"] = PROMETHEUS_REPORTER
         conf["metrics.reporter.prom.port"] = options.metrics_port
     if options.restore_from:

@@ -49,7 +49,8 @@ from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from ...config import Settings
-from ...domain.events import (TOPIC_TRADE_EXECUTED, EventDecodeError, decode_envelope,
+from ...domain.events import (TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS, EventDecodeError,
+                              decode_envelope,
                               decode_market_data, decode_order_update, decode_trade_order,
                               encode_order_command, encode_order_update, format_time, parse_time,
                               trade_order_payload)
@@ -60,12 +61,13 @@ from ..deadletter import dead_letter_headers, dead_letter_topic
 from ..outbox import OutboundRecord, Outbox
 from ..runner import handle_until_done
 from ..triggers import SOURCE as TRIGGER_SOURCE
+from .metrics import (DEAD_LETTERED, EVENTS_PROCESSED, EXECUTION_LAG_MS, HANDLER_COUNTERS,
+                      TRIGGER_COUNTERS, execution_lag_ms)
 
 log = logging.getLogger("mocktrade.flink")
 
-COUNTERS = ("executed", "failed", "persisted", "deadLettered", "ticksRecorded", "openOrdersLoaded")
-# Handler stats whose counter is named otherwise.
-_COUNTER_NAMES = {"dead_lettered": "deadLettered", "recorded": "ticksRecorded",
+# Handler stats whose counter is named otherwise (names: .metrics).
+_COUNTER_NAMES = {"dead_lettered": DEAD_LETTERED, "recorded": "ticksRecorded",
                   "open_orders": "openOrdersLoaded"}
 
 
@@ -84,7 +86,8 @@ class HandlerHost:
         self.resources = Resources(settings, owns_analytics=False)
         self.outbox = Outbox()
         self.handler = make_handler(self.resources, self.outbox)
-        self.counters = {name: metric_group.counter(name) for name in COUNTERS}
+        self.counters = {name: metric_group.counter(name) for name in HANDLER_COUNTERS}
+        self.processed = metric_group.counter(EVENTS_PROCESSED)
         self._reported: dict[str, int] = {}
 
     def run(self, records: list[LogRecord]) -> list[OutboundRecord]:
@@ -93,6 +96,7 @@ class HandlerHost:
             self.outbox.discard()  # a retried batch publishes everything again
             await self.handler.handle(batch)
         self.loop.run_until_complete(handle_until_done(attempt, records, self.topic))
+        self.processed.inc(len(records))
         for name, value in vars(self.handler.stats).items():
             counter = self.counters.get(_COUNTER_NAMES.get(name, name))
             if counter is not None and value > self._reported.get(name, 0):
@@ -157,12 +161,20 @@ class ExecuteOrders(KeyedProcessFunction):
         self.side_topics = frozenset(side_topics)
 
     def open(self, runtime_context: RuntimeContext):
-        self.host = HandlerHost("execution", _execution_handler, runtime_context.get_metrics_group())
+        metric_group = runtime_context.get_metrics_group()
+        self.host = HandlerHost("execution", _execution_handler, metric_group)
+        self.last_lag_ms = 0
+        metric_group.gauge(EXECUTION_LAG_MS, lambda: self.last_lag_ms)
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
         topic = (row["topic"] or "").removeprefix(self.prefix)
-        for record in self.host.run([log_record(row, topic)]):
+        record_in = log_record(row, topic)
+        for record in self.host.run([record_in]):
             if record.topic == TOPIC_TRADE_EXECUTED:
+                if topic == TOPIC_TRADE_ORDERS:  # a market order: its acceptance time is at hand
+                    lag = execution_lag_ms(record_in.value, record.value)
+                    if lag is not None:
+                        self.last_lag_ms = lag
                 yield kafka_row(record)
             elif record.topic in self.side_topics:
                 yield output_tag(record.topic), kafka_row(record)
@@ -274,8 +286,8 @@ class TriggerOrders(KeyedCoProcessFunction):
         self.last_tick = runtime_context.get_state(ValueStateDescriptor("last-tick", Types.STRING()))
         self.books: dict[str, TriggerBook] = {}  # a cache of the state, per symbol
         metrics = runtime_context.get_metrics_group()
-        self.counters = {name: metrics.counter(name)
-                         for name in ("ticks", "updates", "triggers", "expiries", "deadLettered")}
+        self.counters = {name: metrics.counter(name) for name in TRIGGER_COUNTERS}
+        self.processed = metrics.counter(EVENTS_PROCESSED)
 
     # -- the book of the current key, rebuilt from state when not cached -----
 
@@ -310,6 +322,7 @@ class TriggerOrders(KeyedCoProcessFunction):
     # -- inputs ----------------------------------------------------------------
 
     def process_element1(self, row: Row, ctx: KeyedCoProcessFunction.Context):
+        self.processed.inc()
         try:
             tick = decode_market_data(decode_envelope(bytes(row["v"] or b"")).payload)
         except EventDecodeError:
@@ -322,12 +335,13 @@ class TriggerOrders(KeyedCoProcessFunction):
         yield from self._proposed(proposals)
 
     def process_element2(self, row: Row, ctx: KeyedCoProcessFunction.Context):
+        self.processed.inc()
         topic = (row["topic"] or "").removeprefix(self.prefix)
         try:
             update = decode_order_update(decode_envelope(bytes(row["v"] or b"")).payload)
         except EventDecodeError as exc:
             record = log_record(row, topic)
-            self.counters["deadLettered"].inc()
+            self.counters[DEAD_LETTERED].inc()
             yield output_tag(dead_letter_topic(topic)), kafka_row(OutboundRecord(
                 dead_letter_topic(topic), record.key, record.value, dead_letter_headers(record, str(exc))))
             return

@@ -61,7 +61,36 @@ def job_environment(job: str, settings: Settings, python: str, jars: tuple[str, 
            "MOCKTRADE_FLINK_RESTORE": restore or "",
            "MOCKTRADE_FLINK_JVM_PID_FILE": str(work_dir(settings, job) / "jvm.pid")}
     env.pop("VIRTUAL_ENV", None)
+    if env.get("MOCKTRADE_FLINK_METRICS_PORT"):
+        # FLINK_HOME named: else PyFlink sets FLINK_LIB_DIR to its own lib/.
+        env["FLINK_HOME"] = str(Path(site_packages(python)) / "pyflink")
+        env["FLINK_LIB_DIR"] = str(lib_with_prometheus_reporter(settings, job, python))
     return env
+
+
+def lib_with_prometheus_reporter(settings: Settings, job: str, python: str) -> Path:
+    """PyFlink's lib/ plus its Prometheus reporter, as links in the job's work dir.
+
+    The reporter ships in pyflink/plugins/metrics-prometheus, but the local
+    mini-cluster loads no plugins (it logs "Available factories: []"); it
+    finds reporter factories on its class path, which PyFlink's gateway
+    makes from FLINK_LIB_DIR (the job's JVM, with its operators' Python
+    metrics, tried by hand: served as flink_taskmanager_job_task_operator_*). (A cluster started by Flink's scripts, or the official
+    image, loads the plugin as it is.)
+    """
+    pyflink = Path(site_packages(python)) / "pyflink"
+    lib = work_dir(settings, job) / "lib"
+    lib.mkdir(exist_ok=True)
+    jars = [*(pyflink / "lib").glob("*.jar"), *(pyflink / "plugins" / "metrics-prometheus").glob("*.jar")]
+    wanted = {jar.name for jar in jars}
+    for stale in lib.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    for jar in jars:
+        link = lib / jar.name
+        if not link.exists():
+            link.symlink_to(jar)
+    return lib
 
 
 class FlinkJobRunner:
