@@ -202,6 +202,11 @@ def dead_lettered(topic: str) -> None:
 
 FEED_TICKS = Counter("mocktrade_feed_ticks_total", "Feed ticks ingested and published to "
                                                    "market_data")
+FEED_CLOCK_CORRECTIONS = Counter(
+    "mocktrade_feed_clock_corrections_total",
+    "Feed ticks recorded at another time than the feed said (domain/feed_clock.py): "
+    "kind=clock (too far from the platform's clock), kind=order (not after the symbol's last)",
+    ["kind"])
 WS_CLIENTS = Gauge("mocktrade_ws_clients", "Connected market-data WebSocket clients")
 WS_DROPPED = Counter("mocktrade_ws_dropped_clients_total",
                      "WebSocket clients disconnected for falling behind (1013)")

@@ -26,6 +26,8 @@ class ControlledFeed:
     def __init__(self, prices: dict[str, str], interval: float = 0.5):
         self.prices = {s: Decimal(p) for s, p in prices.items()}
         self.interval = interval
+        # Seconds added to the feed's clock: a feed whose clock jumps.
+        self.clock_offset = 0.0
         self._clients: set[ServerConnection] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -66,7 +68,7 @@ class ControlledFeed:
             await asyncio.sleep(self.interval)
 
     async def _broadcast(self, prices: dict[str, Decimal]) -> None:
-        t = _micros()
+        t = _micros() + int(self.clock_offset * 1_000_000)
         frame = orjson.dumps([{"type": "tick", "s": s, "p": str(p), "t": t}
                               for s, p in prices.items()]).decode()
         for ws in list(self._clients):

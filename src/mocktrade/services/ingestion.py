@@ -18,7 +18,8 @@ from websockets.exceptions import InvalidURI, WebSocketException
 
 from .. import metrics
 from ..domain.events import TOPIC_MARKET_DATA, encode, market_data_payload
-from ..domain.model import PriceTick
+from ..domain.feed_clock import Correction, FeedClock
+from ..domain.model import PriceTick, utc_now
 from ..feed.parsers import FeedFormatError, parse_events, parse_tick
 from ..ports import DependencyUnavailable, EventLog
 
@@ -39,12 +40,17 @@ class IngestionService:
         self._stale_after = stale_after
         self.ticks_published = 0
         self.malformed_ticks = 0
+        # The feed's clock is checked against ours; see domain/feed_clock.py.
+        self.clock = FeedClock()
+        self._clock_trouble: set[str] = set()  # symbols whose last tick was corrected
         self.reconnects = 0
         self.connected = False
 
     def stats(self) -> dict[str, int | bool]:
         return {"connected": self.connected, "ticksPublished": self.ticks_published,
-                "malformedTicks": self.malformed_ticks, "reconnects": self.reconnects}
+                "malformedTicks": self.malformed_ticks, "reconnects": self.reconnects,
+                "clockCorrected": self.clock.corrections[Correction.CLOCK],
+                "orderCorrected": self.clock.corrections[Correction.ORDER]}
 
     async def run(self) -> None:
         """Ingest until cancelled, reconnecting whenever the feed goes away."""
@@ -103,8 +109,24 @@ class IngestionService:
                 self._malformed(exc, event)
                 continue
             if tick is not None:
-                ticks.append(tick)
+                ticks.append(self._stamped(tick))
         return ticks
+
+    def _stamped(self, tick: PriceTick) -> PriceTick:
+        """The tick at the time the platform records it (domain/feed_clock.py);
+        a symbol's first corrected tick after good ones is logged, the rest counted."""
+        result = self.clock.stamp(tick.symbol, tick.timestamp, utc_now())
+        if result.correction is Correction.NONE:
+            self._clock_trouble.discard(tick.symbol)
+            return tick
+        metrics.FEED_CLOCK_CORRECTIONS.labels(result.correction.value).inc()
+        if tick.symbol not in self._clock_trouble:
+            self._clock_trouble.add(tick.symbol)
+            log.warning("feed tick time corrected", extra={
+                "symbol": tick.symbol, "feedTime": tick.timestamp.isoformat(),
+                "recordedAt": result.time.isoformat(), "correction": result.correction.value,
+                "feedUrl": self.feed_url})
+        return PriceTick(tick.symbol, tick.price, result.time)
 
     def _malformed(self, error: FeedFormatError, what: object) -> None:
         self.malformed_ticks += 1
