@@ -170,13 +170,14 @@ class Checker:
 
     # ---- judging -----------------------------------------------------------
 
-    def liveness(self, history: History, seen: Observed) -> list[str]:
-        """What still has to settle: acknowledged orders not decided, cancels
-        not applied, outcomes not yet in history or analytics."""
+    def liveness(self, history: History, seen: Observed, open_allowed: bool = True) -> list[str]:
+        """What still has to settle: acknowledged orders not decided (or, once
+        everything was canceled, still open), outcomes not yet in history."""
         pending = []
+        unsettled = ("ACCEPTED", "PENDING_CANCEL") if open_allowed else ("ACCEPTED", "PENDING_CANCEL", "OPEN")
         for intent in history.acknowledged():
             order = seen.orders.get(intent.order_id)
-            if order is None or order["status"] in ("ACCEPTED", "PENDING_CANCEL"):
+            if order is None or order["status"] in unsettled:
                 pending.append(f"{intent.order_id} is {order and order['status']}")
         outcomes = _outcomes(seen.executed)
         if len({d["orderId"] for d in seen.history_docs}) < len(outcomes):

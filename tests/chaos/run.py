@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from mocktrade import stack
 
 from .checker import Checker, Verdict
@@ -100,6 +102,15 @@ def chaos_run(root: Path, duration: float, *, users: int = 4, seed: int = 1, job
         checker = Checker(deployment.platform.base, {**tokens, PROBE_USER: deployment.platform.token(PROBE_USER)},
                           deployment.engine_env(), INITIAL_CASH)
         report.healed_after = _heal(checker, history, heal_timeout)
+        # Quiesce: cancel what still rests, so no fill lands between the
+        # checker's (or verify's) reads of the store and of the log; each
+        # resting order then ends with exactly one final outcome to judge.
+        _cancel_open_orders(deployment.platform.base, tokens)
+        quiet = _heal(checker, history, heal_timeout, open_allowed=False)
+        if report.healed_after is not None and quiet is not None:
+            report.healed_after += quiet
+        else:
+            report.healed_after = None
         report.final_probe = probe.succeeds_within(120)
         probe.close()
         report.verdict = _settled_verdict(checker, history)
@@ -109,11 +120,24 @@ def chaos_run(root: Path, duration: float, *, users: int = 4, seed: int = 1, job
     return report
 
 
-def _heal(checker: Checker, history: History, timeout: float) -> float | None:
+def _cancel_open_orders(base: str, tokens: dict[str, str]) -> None:
+    """DELETE /v1/orders for every user, retried until answered."""
+    for token in tokens.values():
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+            for _ in range(30):
+                try:
+                    if http.delete("/v1/orders").status_code < 300:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(1)
+
+
+def _heal(checker: Checker, history: History, timeout: float, open_allowed: bool = True) -> float | None:
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         try:
-            if not checker.liveness(history, checker.observe()):
+            if not checker.liveness(history, checker.observe(), open_allowed):
                 return time.monotonic() - began
         except Exception:  # an engine still starting: look again
             pass
