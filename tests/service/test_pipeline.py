@@ -68,3 +68,47 @@ async def test_reconcile_names_a_broken_portfolio(backends):
     report = await reconcile(b.portfolios, b.history, b.event_log)
     assert not report.ok
     assert any("o1 missing from history" in v for v in report.violations)
+
+
+class _ExecutesOnFirstRead:
+    """The real event log, except that verify's first read of it first lets
+    the execution job run: an order executes between verify's pass over the
+    store and its pass over the log, as it may on a live platform."""
+
+    def __init__(self, log, execute):
+        self._log, self._execute = log, execute
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+    def consumer(self, *args, **kwargs):
+        inner, execute = self._log.consumer(*args, **kwargs), self
+
+        class _Consumer:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            async def poll(self, *a, **k):
+                if execute._execute is not None:
+                    run, execute._execute = execute._execute, None
+                    await run()
+                return await inner.poll(*a, **k)
+
+        return _Consumer()
+
+
+async def test_reconcile_judges_an_order_that_ends_while_it_reads(backends):
+    b = backends
+    execution = ExecutionHandler(b.portfolios, b.prices, b.event_log, clock=lambda: NOW)
+    persistence = PersistenceHandler(b.history, b.analytics, b.event_log)
+    await publish_order(b.event_log, "o1", "BUY", "1")
+    await drain(b.event_log, TOPIC_TRADE_ORDERS, "exec", execution.handle)
+    await drain(b.event_log, TOPIC_TRADE_EXECUTED, "persist", persistence.handle)
+    await publish_order(b.event_log, "o2", "BUY", "1")  # still in flight when verify starts
+
+    async def execute_o2():
+        await drain(b.event_log, TOPIC_TRADE_ORDERS, "exec", execution.handle)
+
+    report = await reconcile(b.portfolios, b.history, _ExecutesOnFirstRead(b.event_log, execute_o2))
+    assert report.ok, report.violations
+    assert report.orders == 2 and report.outcomes == 2

@@ -47,7 +47,7 @@ async def reconcile(portfolios: PortfolioStore, history: TradeHistory,
         _check_orders(account.user_id, ledger, orders, report)
         await _check_history(history, account.user_id, ledger, report)
     if event_log is not None:
-        await _check_log(event_log, ledger_by_order, open_orders, report, drain_idle)
+        await _check_log(portfolios, event_log, ledger_by_order, open_orders, report, drain_idle)
     return report
 
 
@@ -137,9 +137,14 @@ async def _check_history(history: TradeHistory, user_id: str, ledger: list[Execu
         report.violations.append(f"{user_id}: history has order {order_id} with no ledger entry")
 
 
-async def _check_log(event_log: EventLog, ledger: dict[str, Execution], resting: set[str],
-                     report: Report, drain_idle: float) -> None:
-    """Read both topics from the start without committing anything."""
+async def _check_log(portfolios: PortfolioStore, event_log: EventLog, ledger: dict[str, Execution],
+                     resting: set[str], report: Report, drain_idle: float) -> None:
+    """Read both topics from the start without committing anything.
+
+    The store was read before the log, so an order that rested then may have
+    filled (or been canceled) since: its outcome is in the log but not in the
+    ledger read earlier. Such an order is read again and judged by what the
+    store holds now."""
     accepted = {o.order_id for o in await _read_all(event_log, TOPIC_TRADE_ORDERS, decode_trade_order,
                                                     drain_idle)}
     outcomes: dict[str, set[tuple]] = {}
@@ -147,15 +152,20 @@ async def _check_log(event_log: EventLog, ledger: dict[str, Execution], resting:
         outcomes.setdefault(e.order_id, set()).add((e.status, e.execution_price, e.execution_timestamp))
     report.orders, report.outcomes = len(accepted), len(outcomes)
     for order_id in sorted(accepted):
-        if order_id in resting:
-            if order_id in outcomes:
-                report.violations.append(f"order {order_id} rests but has a trade_executed event")
+        count = len(outcomes.get(order_id, ()))
+        if count > 1:
+            report.violations.append(f"order {order_id} has {count} different outcomes")
+        settled = order_id in ledger and order_id not in resting
+        if settled and count == 1 or order_id in resting and count == 0:
             continue
-        if order_id not in ledger:
+        # What the store said no longer matches the log: read the order again.
+        now = await portfolios.order(order_id)
+        if now is not None and now.is_open:
+            if count:
+                report.violations.append(f"order {order_id} rests but has a trade_executed event")
+        elif now is None or now.outcome is None:
             report.violations.append(f"order {order_id} was accepted but never ended")
-        if len(outcomes.get(order_id, ())) > 1:
-            report.violations.append(f"order {order_id} has {len(outcomes[order_id])} different outcomes")
-        if order_id not in outcomes:
+        elif not count:
             report.violations.append(f"order {order_id} has no trade_executed event")
     for order_id in sorted(set(outcomes) - accepted):
         report.violations.append(f"trade_executed for {order_id} with no accepted order")
