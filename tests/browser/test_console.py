@@ -262,5 +262,9 @@ def test_the_content_security_policy_refuses_inline_script(console):
         return window.injected === true;
     }""")
     assert not ran
-    wait_for(lambda: any("Content Security Policy" in e for e in console.errors), timeout=5)
+    # Reported twice: chromium's console message and the page's event.
+    wait_for(lambda: any("violates the following Content Security Policy" in e
+                         for e in console.errors)
+             and any("Content Security Policy violation: script-src" in e
+                     for e in console.errors), timeout=10)
     console.errors.clear()
