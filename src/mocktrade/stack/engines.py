@@ -220,7 +220,10 @@ supervised no
 logfile ""
 dir {data}
 appendonly yes
-appendfsync everysec
+# The idempotency keys live here: a key lost to a crash lets a client's retry
+# become a second order, so every write is on disk before it is answered
+# (Redis fsyncs once per event-loop turn, so concurrent writes share one).
+appendfsync always
 save 3600 1 300 100 60 10000
 """
 
