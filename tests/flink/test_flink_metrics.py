@@ -60,7 +60,16 @@ def test_the_flink_jobs_report_their_metrics_through_the_prometheus_reporter(fli
                 and (total(text, EVENTS_PROCESSED, "persistence") or 0) >= 10
                 and (total(text, EXECUTION_LAG_MS, "execution") or 0) > 0)
     # Python metrics reach Java with each finished bundle, the reporter on each scrape.
-    wait_for(counted, timeout=90, interval=1)
+    try:
+        wait_for(counted, timeout=90, interval=1)
+    except AssertionError:
+        text = scrape(flink_cluster)
+        seen = sorted({f"{name}{labels}" for name, labels, _ in SAMPLE.findall(text)
+                       if "eventsProcessed" in name or "executionLag" in name})
+        raise AssertionError(
+            f"ports {flink_cluster.flink_metrics_ports}; executed before {executed_before}, now "
+            f"{[total(text, EVENTS_PROCESSED, j) for j in ('execution', 'persistence')]}, lag "
+            f"{total(text, EXECUTION_LAG_MS, 'execution')}; series: {seen[:20]}") from None
     text = scrape(flink_cluster)
     assert total(text, EVENTS_PROCESSED, "triggers") is not None  # ticks flow through it
     assert total(text, DEAD_LETTERED, "execution") is not None
