@@ -40,9 +40,11 @@ def scrape(platform: RunningPlatform) -> str:
 
 
 def total(text: str, metric: str, job: str) -> float | None:
-    """Sum of the operator metric over the job's subtasks (None: no such series)."""
+    """Sum of the operator metric over the job's subtasks (None: no such series).
+    The reporter writes label values with every character outside [a-zA-Z0-9_]
+    as "_": job mocktrade-execution is job_name="mocktrade_execution"."""
     values = [float(value) for name, labels, value in SAMPLE.findall(text)
-              if name == prometheus_name(metric) and f'job_name="mocktrade-{job}"' in (labels or "")]
+              if name == prometheus_name(metric) and f'job_name="mocktrade_{job}"' in (labels or "")]
     return sum(values) if values else None
 
 
