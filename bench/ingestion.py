@@ -9,8 +9,9 @@ service -> the log (embedded SQLite or Kafka), with per-symbol order checked.
 Three processes, as in a deployment: the feed (the platform's simulator and
 WebSocket feed server under uvicorn, at --rate ticks/s over --symbols
 symbols), the ingestion service (services/ingestion.py over the chosen log,
-one publish_many per feed frame) and this one, which reads market_data as a
-consumer group from the start and reports, over the measured window:
+one publish_many per batch of the ticks that waited) and this one, which
+reads market_data as a consumer group from the start and reports, over the
+measured window:
 
 - ticks/s written to the log (ticks whose feed time falls in the window,
   divided by the window) against the feed's rate;
@@ -19,7 +20,11 @@ consumer group from the start and reports, over the measured window:
 - order per symbol: in log order, every symbol's feed timestamps never go
   back (the key is the symbol, so a symbol lives in one partition);
 - the ingestion service's own counts (published, malformed, reconnects: a
-  reconnect means the feed dropped it for falling behind).
+  reconnect means the feed dropped it for falling behind; dropped: ticks it
+  let go because the log stayed behind longer than its buffer holds).
+
+With Kafka the window opens only once a warm-up record is acknowledged (see
+wait_for_kafka_producer).
 
 --backend kafka without --bootstrap starts a broker with `mocktrade stack up
 --engines kafka` in a temp dir on free ports, and stops it at the end.
@@ -142,6 +147,30 @@ async def read(args) -> dict:
             "symbols": len(last)}
 
 
+async def wait_for_kafka_producer(args, timeout: float = 120.0) -> float:
+    """Publish a warm-up record (to a topic of its own) until one is
+    acknowledged; returns the seconds it took. Every producer here is
+    idempotent and a fresh broker hands out producer ids only a while after
+    it serves metadata; a window opened before that measures the broker's
+    start, not ingestion. (`mocktrade stack up` waits for this too; this
+    covers a --bootstrap broker that has just started.)"""
+    from mocktrade.ports import DependencyUnavailable
+
+    log = open_log(args)
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                await log.publish("bench-warmup", "warmup", b"")
+                return time.monotonic() - started
+            except DependencyUnavailable as exc:
+                if time.monotonic() - started > timeout:
+                    raise SystemExit(f"Kafka took no record in {timeout:.0f} s: {exc}") from exc
+                await asyncio.sleep(0.5)
+    finally:
+        await log.close()
+
+
 def start_kafka(args) -> str:
     stack_dir = tempfile.mkdtemp(prefix="bench-ingestion-kafka-")
     args.stack_dir = stack_dir
@@ -168,6 +197,9 @@ def run(args) -> None:
           "--symbols", str(args.symbols), "--feed-port", str(args.feed_port),
           "--partitions", str(args.partitions), "--prefix", args.prefix,
           "--data-dir", args.data_dir, "--bootstrap", args.bootstrap or ""]
+    if args.backend == "kafka":
+        waited = asyncio.run(wait_for_kafka_producer(args))
+        print(f"Kafka acknowledged a warm-up record after {waited:.1f} s", flush=True)
     feed = subprocess.Popen([*me, "--role", "feed"])
     ingestion = None
     try:
@@ -194,7 +226,8 @@ def run(args) -> None:
     print(f"  order per symbol: {figures['backwards']} ticks behind an earlier one of their symbol "
           f"in log order, of {figures['total']:,} read over {figures['symbols']} symbols")
     print(f"  ingestion service: {stats['ticksPublished']:,} published, {stats['malformedTicks']} "
-          f"malformed, {stats['reconnects']} reconnects; CPU over the run: ingestion "
+          f"malformed, {stats['reconnects']} reconnects, {stats['ticksDropped']:,} dropped "
+          f"(log behind); CPU over the run: ingestion "
           f"{stats['cpu']:.1f} s, feed {cpu_feed:.1f} s")
     if lag:
         print(f"  (p99 lag {percentile(lag, 0.99):.1f} ms; load {open('/proc/loadavg').read().split()[:3]})")

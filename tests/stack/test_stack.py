@@ -148,6 +148,9 @@ def test_stack_up_status_idempotent_down_and_restart(tmp_path: Path) -> None:
         assert metadata.brokers == ((1, HOST, ports["kafka"]),)
         assert {topic: metadata.topics.get(topic) for topic in stack.REFERENCE_TOPICS} == {
             topic: 4 for topic in stack.REFERENCE_TOPICS}
+        # Ready for idempotent producers too (a fresh broker answers
+        # COORDINATOR_LOAD_IN_PROGRESS for a while after serving metadata).
+        assert probes.kafka_init_producer_id(HOST, ports["kafka"]) == probes.ERROR_NONE
         assert redis_command(ports["redis"], "PING") == b"+PONG\r\n"
         assert probes.dynamodb_list_tables(env["MOCKTRADE_DYNAMODB_ENDPOINT"]) == []
         assert probes.search_cluster_health(env["MOCKTRADE_ELASTICSEARCH_URL"]) == "green"

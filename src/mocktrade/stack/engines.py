@@ -130,6 +130,14 @@ class Kafka(Engine):
                   if code not in (probes.ERROR_NONE, probes.ERROR_TOPIC_ALREADY_EXISTS)}
         if failed:
             raise probes.ProbeFailed(f"kafka: CreateTopics errors {failed}")
+        # Ready means ready for the platform's producers, which are all
+        # idempotent: a fresh broker serves metadata well before it can hand
+        # out producer ids, and records sent meanwhile wait and time out
+        # (orders answered 503, ingestion stalled).
+        code = probes.kafka_init_producer_id(HOST, ctx.ports["kafka"])
+        if code != probes.ERROR_NONE:
+            raise probes.ProbeFailed(f"kafka: no producer id for an idempotent producer yet "
+                                     f"(InitProducerId error {code})")
 
     def env(self, ctx: EngineContext) -> dict[str, str]:
         return {"MOCKTRADE_KAFKA_BOOTSTRAP": f"{HOST}:{ctx.ports['kafka']}"}

@@ -100,6 +100,7 @@ def search_cluster_health(url: str) -> str:
 API_METADATA = 3
 API_API_VERSIONS = 18
 API_CREATE_TOPICS = 19
+API_INIT_PRODUCER_ID = 22
 ERROR_NONE = 0
 ERROR_TOPIC_ALREADY_EXISTS = 36
 
@@ -124,6 +125,7 @@ class _Reader:
     def int8(self) -> int: return self._take(">b")
     def int16(self) -> int: return self._take(">h")
     def int32(self) -> int: return self._take(">i")
+    def int64(self) -> int: return self._take(">q")
 
     def string(self) -> str | None:
         length = self.int16()
@@ -247,5 +249,26 @@ def kafka_create_topics(host: str, port: int, topics: dict[str, int], replicatio
             reader.int32()  # throttle_time_ms
             results = reader.array(lambda: (reader.string(), reader.int16(), reader.string()))
             return {name or "": error for name, error, _message in results}
+    except (OSError, struct.error) as exc:
+        raise ProbeFailed(f"kafka: {exc}") from exc
+
+
+def kafka_init_producer_id(host: str, port: int, timeout: float = 3.0) -> int:
+    """Ask for a producer id as an idempotent (non-transactional) producer
+    does before its first record; returns the Kafka error code (0: given).
+
+    A fresh KRaft broker answers COORDINATOR_LOAD_IN_PROGRESS (14) until the
+    controller has handed it a block of producer ids, which on a busy machine
+    takes tens of seconds after the broker already serves metadata; every
+    idempotent producer's records wait that long (and time out) meanwhile.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            # v0-1 are the non-flexible versions; Kafka 4 still serves them.
+            version = _pick_version(_api_versions(sock), API_INIT_PRODUCER_ID, 1)
+            body = _string(None) + struct.pack(">i", 60_000)  # no transactional id
+            reader = _exchange(sock, API_INIT_PRODUCER_ID, version, body, 4)
+            reader.int32()  # throttle_time_ms
+            return reader.int16()
     except (OSError, struct.error) as exc:
         raise ProbeFailed(f"kafka: {exc}") from exc
