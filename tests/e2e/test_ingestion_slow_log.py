@@ -3,7 +3,8 @@ is followed by a prompt reconnect, a publish that hangs is given up and
 retried, and what reaches the log is in the order it was accepted.
 
 A scripted exchange (a real `websockets` server on loopback) sends the ticks;
-the log is the real embedded one, behind a gate the test opens and closes.
+the log is the real embedded one (and, for the reconnect, real Kafka with
+MOCKTRADE_TEST_STACK=1), behind a gate the test opens and closes.
 Each tick's price is its sequence number plus one (a price must be
 positive), so order is easy to check.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import defaultdict
 
 import orjson
@@ -28,11 +30,23 @@ SYMBOLS = ("MOCKAAA", "MOCKBBB", "MOCKCCC")
 CLOSE_TRY_AGAIN_LATER = 1013  # what the feed server sends a client too slow to keep up
 
 
+@pytest.fixture(params=["embedded", "kafka"])
+async def any_log(request, tmp_path):
+    """The real log of either kind; the caller closes it."""
+    if request.param == "kafka":
+        from mocktrade.adapters.kafka import KafkaEventLog
+
+        engines = request.getfixturevalue("real_engines")
+        return KafkaEventLog(engines["MOCKTRADE_KAFKA_BOOTSTRAP"],
+                             topic_prefix=f"ingest{uuid.uuid4().hex[:8]}.", partitions=4)
+    return SqliteEventLog(tmp_path / "eventlog.sqlite3")
+
+
 class GatedLog:
-    """The real embedded log, whose publish_many waits at a gate first, and
+    """The real log, whose publish_many waits at a gate first, and
     whose first `hang_first` calls never return at all (a stuck publish)."""
 
-    def __init__(self, inner: SqliteEventLog, hang_first: int = 0):
+    def __init__(self, inner, hang_first: int = 0):
         self.inner = inner
         self.gate = asyncio.Event()
         self.hang_first = hang_first
@@ -64,7 +78,7 @@ async def wait_until(condition, what, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def logged_sequences(event_log: SqliteEventLog, expected: int) -> dict[str, list[int]]:
+async def logged_sequences(event_log, expected: int) -> dict[str, list[int]]:
     """Each symbol's sequence numbers in log order."""
     consumer = event_log.consumer(TOPIC_MARKET_DATA, "check")
     by_symbol: dict[str, list[int]] = defaultdict(list)
@@ -100,7 +114,7 @@ async def run_ingestion(exchange, log: GatedLog, body, **options) -> IngestionSe
     return ingestion
 
 
-async def test_feed_drop_reconnects_while_a_publish_waits_and_order_is_kept(tmp_path):
+async def test_feed_drop_reconnects_while_a_publish_waits_and_order_is_kept(any_log):
     connections = 0
 
     async def exchange(ws):
@@ -116,7 +130,7 @@ async def test_feed_drop_reconnects_while_a_publish_waits_and_order_is_kept(tmp_
             await ws.send(tick_frame(sequence))
         await ws.wait_closed()
 
-    event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
+    event_log = any_log
     log = GatedLog(event_log)
 
     async def body(ingestion: IngestionService) -> None:
