@@ -227,7 +227,8 @@ def run(args) -> None:
           f"in log order, of {figures['total']:,} read over {figures['symbols']} symbols")
     print(f"  ingestion service: {stats['ticksPublished']:,} published, {stats['malformedTicks']} "
           f"malformed, {stats['reconnects']} reconnects, {stats['ticksDropped']:,} dropped "
-          f"(log behind); CPU over the run: ingestion "
+          f"(log behind), {stats['ticksWaiting']:,} waiting for the log at the end; "
+          f"CPU over the run: ingestion "
           f"{stats['cpu']:.1f} s, feed {cpu_feed:.1f} s")
     if lag:
         print(f"  (p99 lag {percentile(lag, 0.99):.1f} ms; load {open('/proc/loadavg').read().split()[:3]})")
