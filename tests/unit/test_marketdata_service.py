@@ -371,3 +371,62 @@ async def test_stop_closes_every_client_as_going_away(ports):
 def test_a_client_buffer_below_one_is_refused(ports):
     with pytest.raises(ValueError):
         MarketDataService(*ports, SYMBOLS, client_buffer=0)
+
+
+# -- the direct way out (services.ws_protocol) --------------------------------------
+
+class ToggledSocket:
+    """services.direct_frames.DirectFrames over a list: takes frames only while open."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.wire: list[str] = []
+        self.encoded = 0
+
+    def encode(self, text: str) -> bytes:
+        self.encoded += 1
+        return text.encode()
+
+    def write(self, frame: bytes) -> bool:
+        if self.open:
+            self.wire.append(frame.decode())
+        return self.open
+
+
+async def test_direct_writes_keep_the_order_of_messages_queued_while_the_socket_was_full():
+    from mocktrade.services.marketdata import OutgoingText, Subscriber
+    sent: list[str] = []
+
+    async def send(message) -> None:  # the ASGI way out, once the socket drains
+        sent.append(message["text"])
+
+    socket = ToggledSocket()
+    subscriber = Subscriber(send, 16, 1, "peer", direct=socket)
+    assert subscriber.offer(OutgoingText("1"))
+    socket.open = False
+    assert subscriber.offer(OutgoingText("2")) and subscriber.offer(OutgoingText("3"))
+    socket.open = True
+    # The socket takes frames again, but 2 and 3 are pending: 4 must queue behind them.
+    assert subscriber.offer(OutgoingText("4"))
+    assert socket.wire == ["1"] and subscriber.backlog() == 3
+    sender = subscriber.start_sending()
+    await asyncio.sleep(0)
+    assert sent == ["2", "3", "4"] and subscriber.backlog() == 0
+    assert subscriber.offer(OutgoingText("5"))  # nothing pending: straight out again
+    assert socket.wire == ["1", "5"]
+    subscriber.kick(1013)
+    assert subscriber.offer(OutgoingText("6")) and socket.wire == ["1", "5"]  # never after a kick
+    await asyncio.gather(sender, return_exceptions=True)
+
+
+async def test_one_update_is_framed_once_for_every_direct_subscriber():
+    from mocktrade.services.marketdata import OutgoingText, Subscriber
+
+    async def send(message) -> None:
+        raise AssertionError("a direct subscriber with nothing pending never queues")
+
+    socket = ToggledSocket()
+    update = OutgoingText('{"price":"1.00"}')
+    subscribers = [Subscriber(send, 4, 1, f"peer{i}", direct=socket) for i in range(3)]
+    assert all(subscriber.offer(update) for subscriber in subscribers)
+    assert socket.wire == ['{"price":"1.00"}'] * 3 and socket.encoded == 1
