@@ -27,6 +27,7 @@ from ..domain.events import order_view
 from ..ports import DependencyUnavailable, InvalidPageToken, OrderQuery
 from .auth import TokenIssuer, TokenThrottled, Unauthorized
 from .client_address import ClientAddress
+from .edge import Edge
 from . import schemas
 from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
 from .limits import MAX_BODY_BYTES, RequestLimits
@@ -37,7 +38,6 @@ from .orders import (ClientOrderIdTaken, IdempotencyConflict, OrderNotCancelable
 from .portfolio import PortfolioNotFound, PortfolioService
 from .query import MAX_PAGE_SIZE, QueryService, UnknownSymbolPrice
 from .ratelimit import RateLimiter
-from .security_headers import SecurityHeaders
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
@@ -149,30 +149,28 @@ def authenticate(parts: GatewayParts, authorization: str | None, scope: Any) -> 
 User = Annotated[str, Depends(current_user)]
 
 
+# FastAPI's own OpenTelemetry layer stays off: our spans are made by
+# mocktrade.tracing (which never registers global providers, so FastAPI's
+# would find none and make nothing), and with it on FastAPI asks the three
+# global providers on every request whether they are configured yet, which
+# cost about as much as all our middleware together (bench/middleware.py).
+_NO_FASTAPI_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False,
+                              "operation_spans": False, "auto_configure": False}
+
+
 def create_app(parts: GatewayParts) -> FastAPI:
     app = FastAPI(title="mocktrade", version="0.1.0", openapi_url="/v1/openapi.json",
                   docs_url=None, redoc_url=None, lifespan=parts.lifespan,
                   default_response_class=JsonResponse, redirect_slashes=False,
+                  telemetry=_NO_FASTAPI_TELEMETRY,
                   description="Mock stock trading: orders, portfolios, trade history, "
                               "volume analytics and live prices (WebSocket /v1/marketdata).")
     _error_handlers(app)
-    # Bodies over 64 KiB: 413; paths and query strings not UTF-8: 400 (services.limits).
-    app.add_middleware(RequestLimits)
-    if parts.cors_origins:
-        # Exact origins only; bearer tokens, never cookies, so no credentials.
-        app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins),
-                           allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type", "X-Idempotency-Key",
-                                          "traceparent"],
-                           expose_headers=["Retry-After", "Idempotent-Replayed", "Allow"],
-                           max_age=600)
-    # Outermost, so every answer carries them (services.security_headers).
-    app.add_middleware(SecurityHeaders)
     # Swagger UI (/v1/docs) and Redoc (/v1/redoc) from vendored assets: offline.
     app.router.routes.extend(docs_routes(app.openapi_url, app.title))
-
     app.state.parts = parts
-    metrics_http.install(app, parts.metrics_peers)  # GET /metrics and request durations
+    metrics_http.install(app, parts.metrics_peers, middleware=False)  # GET /metrics
+    _edge(app, parts)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
@@ -198,6 +196,27 @@ def create_app(parts: GatewayParts) -> FastAPI:
         app.router.routes.append(route)
     app.openapi = lambda: _openapi(app, parts)  # type: ignore[method-assign]
     return app
+
+
+def _edge(app: FastAPI, parts: GatewayParts) -> None:
+    """One layer around the routes (services.edge): bodies over 64 KiB get 413,
+    paths and query strings not UTF-8 400 (services.limits); the security
+    headers on every answer (services.security_headers); request durations
+    (metrics_http). With CORS origins configured, Starlette's CORS sits inside
+    it and the limits inside that, so preflights are answered first."""
+    durations = metrics_http.RequestDurations() if metrics.AVAILABLE else None
+    if not parts.cors_origins:
+        app.add_middleware(Edge, limits=True, durations=durations)
+        return
+    app.add_middleware(RequestLimits)
+    # Exact origins only; bearer tokens, never cookies, so no credentials.
+    app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins),
+                       allow_methods=["GET", "POST", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type", "X-Idempotency-Key",
+                                      "traceparent"],
+                       expose_headers=["Retry-After", "Idempotent-Replayed", "Allow"],
+                       max_age=600)
+    app.add_middleware(Edge, limits=False, durations=durations)
 
 
 def _openapi(app: FastAPI, parts: GatewayParts) -> dict[str, Any]:

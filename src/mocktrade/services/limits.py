@@ -111,9 +111,14 @@ def envelope(code: str, message: str, field: str | None) -> bytes:
 
 
 class RequestLimits:
-    """ASGI middleware: bodies over MAX_BODY_BYTES get 413 before any handler
-    reads them; paths and query strings must be UTF-8 (400). The body is read
-    here, within the limit, and handed on whole."""
+    """Bodies over MAX_BODY_BYTES get 413 before any handler reads them; paths
+    and query strings must be UTF-8 (400). A body announced by a
+    Content-Length within the limit reaches the app as the server delivers it
+    (the server never delivers more than announced); a chunked body, or a form
+    (checked for UTF-8), is read here, within the limit, and handed on whole.
+
+    Applied by the gateway's edge layer (services.edge, `admit`); as ASGI
+    middleware of its own where CORS must answer preflights before it."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_body: int = MAX_BODY_BYTES):
         self.app = app
@@ -123,11 +128,19 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        field = _badly_encoded(scope)
-        if field is not None:
-            await _answer(send, 400, "invalid_encoding",
-                          f"the {field} is not UTF-8 once percent-decoded", field)
-            return
+        await self.admit(scope, receive, send)
+
+    async def admit(self, scope: AsgiMessage, receive: AsgiReceive, send: AsgiSend) -> None:
+        """An HTTP request to the app, or its 400/413 answer."""
+        path, query = scope.get("raw_path") or b"", scope.get("query_string") or b""
+        # Plain ASCII without a percent sign is UTF-8 as it stands (nearly every
+        # request); anything else is decoded to be sure.
+        if b"%" in path or b"%" in query or not path.isascii() or not query.isascii():
+            field = _badly_encoded(scope)
+            if field is not None:
+                await _answer(send, 400, "invalid_encoding",
+                              f"the {field} is not UTF-8 once percent-decoded", field)
+                return
         length: int | None = None
         chunked = form = False
         for name, value in scope["headers"]:
@@ -143,7 +156,8 @@ class RequestLimits:
         if length is not None and length > self.max_body:
             await self._too_large(send)
             return
-        if not chunked and not length:
+        if not chunked and (not length or not form):
+            # No body, or one whose announced length is within the limit.
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -1,4 +1,4 @@
-"""GET /metrics (Prometheus text) and the HTTP request-duration middleware.
+"""GET /metrics (Prometheus text) and the HTTP request durations.
 
 Every process serves its own registry. The embedded platform's HTTP process
 also names its job process as a peer: a scrape fetches the peer's /metrics
@@ -46,17 +46,45 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-class HttpMetricsMiddleware:
+class RequestDurations:
     """Observes each HTTP request's duration once it has been answered, labelled
     by method, the route's template (`/v1/orders/{orderId}`, never the raw
     path; `unmatched` when no route took it) and status. One histogram child
-    per (method, route, status), made on first use and kept."""
+    per (method, route, status), made on first use and kept. Shared by the
+    gateway's edge layer (services.edge) and HttpMetricsMiddleware."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
-        self.app = app
+    __slots__ = ("_children",)
+
+    def __init__(self) -> None:
         # Keyed by the id of what served the request (routes define __eq__, so
         # are unhashable); ids are stable, the routes live as long as the app.
         self._children: dict[tuple[str, int, int], Any] = {}
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        method = scope["method"]
+        # FastAPI's router names the route for its own routes only; for a
+        # plain Starlette Route or Mount there is the endpoint it ran.
+        served = scope.get("route") or scope.get("endpoint")
+        child = self._children.get((method, id(served), status))
+        if child is None:
+            child = self._child(scope, method, served, status)
+        child.observe(seconds)
+
+    def _child(self, scope: Scope, method: str, served: Any, status: int) -> Any:
+        label_method = method if method in _METHODS else "OTHER"
+        child = metrics.HTTP_SECONDS.labels(label_method, route_label(scope), str(status))
+        if method in _METHODS:  # an unknown method is not worth a cache entry of its own
+            self._children[(method, id(served), status)] = child
+        return child
+
+
+class HttpMetricsMiddleware:
+    """ASGI middleware recording RequestDurations, for an app without the
+    gateway's edge layer (which records them itself)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+        self.app = app
+        self._durations = RequestDurations()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,21 +102,7 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            method = scope["method"]
-            # FastAPI's router names the route for its own routes only; for a
-            # plain Starlette Route or Mount there is the endpoint it ran.
-            served = scope.get("route") or scope.get("endpoint")
-            child = self._children.get((method, id(served), status))
-            if child is None:
-                child = self._child(scope, method, served, status)
-            child.observe(perf_counter() - started)
-
-    def _child(self, scope: Scope, method: str, served: Any, status: int) -> Any:
-        label_method = method if method in _METHODS else "OTHER"
-        child = metrics.HTTP_SECONDS.labels(label_method, route_label(scope), str(status))
-        if method in _METHODS:  # an unknown method is not worth a cache entry of its own
-            self._children[(method, id(served), status)] = child
-        return child
+            self._durations.observe(scope, status, perf_counter() - started)
 
 
 def route_label(scope: Scope) -> str:
@@ -110,10 +124,12 @@ def route_label(scope: Scope) -> str:
     return getattr(route, "path", None) or UNMATCHED
 
 
-def install(app: Any, peers: Mapping[str, str] | None = None) -> None:
+def install(app: Any, peers: Mapping[str, str] | None = None, middleware: bool = True) -> None:
     """The middleware and GET /metrics on `app`; `peers`: process label -> the
-    /metrics URL of another process whose series this one serves too."""
-    if metrics.AVAILABLE:  # with metrics off, requests pay nothing for them
+    /metrics URL of another process whose series this one serves too.
+    `middleware=False`: the route only (the gateway's edge layer records the
+    request durations itself)."""
+    if middleware and metrics.AVAILABLE:  # with metrics off, requests pay nothing for them
         app.add_middleware(HttpMetricsMiddleware)
     app.router.routes.append(metrics_route(dict(peers or {})))
 
