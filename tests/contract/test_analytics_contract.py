@@ -298,3 +298,44 @@ async def test_long_windows_from_whole_hours_and_edges_match_the_trades(analytic
         assert await analytics.volume(since, until) == expected(spread, since, until)
         assert await analytics.volume(since, until, "MOCKKO") == \
             expected(spread, since, until, "MOCKKO")
+
+
+async def test_a_window_over_closed_hours_and_the_open_hour_as_trades_stream_in(analytics):
+    """Closed hours are pre-aggregated, the open hour (the real clock's) is
+    read raw: the 7-day-style window equals the deduplicated trades after
+    every batch, with a replayed duplicate and a late trade for a closed hour."""
+    now = datetime.now(timezone.utc)
+    open_hour = now.replace(minute=0, second=0, microsecond=0)
+    into_open_hour = (now - open_hour) / 4  # trades of the open hour stay in the past
+
+    def in_open_hour(i: int) -> datetime:
+        return open_hour + into_open_hour * (i % 4) / 4 + timedelta(microseconds=i)
+
+    closed = [trade(f"c{i}", "MOCKAAPL" if i % 3 else "MOCKKO", f"{i + 1}.25", "101.5000",
+                    open_hour - timedelta(hours=1 + i % 5, minutes=i % 60)) for i in range(40)]
+    live = [trade(f"l{i}", "MOCKAAPL" if i % 2 else "MOCKKO", f"{i + 1}", "99.9900",
+                  in_open_hour(i)) for i in range(12)]
+    since, until = now - timedelta(days=7), now + timedelta(seconds=1)
+    unique: dict[str, Execution] = {}  # what was recorded, each trade once
+
+    async def record(batch: list[Execution]) -> None:
+        await analytics.record(batch)
+        unique.update((t.order_id, t) for t in batch)
+        recorded = list(unique.values())
+        assert await analytics.volume(since, until) == expected(recorded, since, until)
+        assert await analytics.volume(since, until, "MOCKKO") == \
+            expected(recorded, since, until, "MOCKKO")
+
+    await record(closed[:20])
+    await record(live[:6])
+    await record(closed[20:])
+    await record(live[6:] + [live[0]])       # a duplicate inside a batch
+    await record(live[2:5] + closed[5:8])    # a replay across the closed and the open hours
+    late = trade("late", "MOCKKO", "3", "98.0000", open_hour - timedelta(hours=2, seconds=1))
+    await record([late])                     # a closed hour gets a late trade
+    await record([late])
+    # The open hour alone, and a window starting mid-hour.
+    recorded = list(unique.values())
+    assert await analytics.volume(open_hour, until) == expected(recorded, open_hour, until)
+    mid = open_hour - timedelta(hours=3, minutes=17)
+    assert await analytics.volume(mid, until) == expected(recorded, mid, until)

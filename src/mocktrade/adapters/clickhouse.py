@@ -38,14 +38,22 @@ within ClickHouse's advice of under 1000-10000; a deployment keeping years of
 trades would add a TTL or coarser partitions.
 
 clickhouse-connect's client is synchronous (its async client needs aiohttp,
-which the project does not carry), so calls run on a small thread pool and
-the event loop only awaits them: one thread for chDB (the engine is not meant
-to be driven from several threads at once; only one process may open a chDB
-directory), a few for a server (the HTTP client pools connections; sessions
-are off so concurrent queries never collide on a session lock). Opening starts
-at construction, on that pool, so constructing the adapter never blocks the
-loop; if it fails (server down), the next call tries again. A server that
-cannot be reached raises ports.DependencyUnavailable("clickhouse", ...).
+which the project does not carry), so calls run on thread pools and the event
+loop only awaits them. Writes (the persistence batches) and reads (queries)
+have a pool each, so a query never queues behind a batch: with continuous
+inserts, a shared one-thread pool put every query behind an insert (7d p99
+443 ms mixed, docs/benchmarks.md). A writes pool of one thread keeps batches
+in order; reads get a few threads on a server (the HTTP client pools
+connections; sessions are off so concurrent queries never collide on a
+session lock) and one on chDB, each pool there with its own connection (chDB
+runs queries of several connections in parallel; only one process may open
+a chDB directory, and its connections share it). chDB's connections carry
+thread limits (CHDB_WRITE_SETTINGS, CHDB_READ_SETTINGS): an insert or a
+recompute uses one thread, so on a 2-core machine the other core is left to
+queries. Opening starts at construction, on the writes pool, so constructing
+the adapter never blocks the loop; if it fails (server down), the next call
+tries again. A server that cannot be reached raises
+ports.DependencyUnavailable("clickhouse", ...).
 """
 
 from __future__ import annotations
@@ -75,7 +83,13 @@ _T = TypeVar("_T")
 
 DEPENDENCY = "clickhouse"
 TABLE = "trading_trades"
-SERVER_THREADS = 4
+SERVER_READ_THREADS = 3
+
+# Per-connection query settings of chDB. Writes: one thread per insert or
+# recompute. Reads: two (this machine's cores); a query of the open hour
+# through FINAL is the one that gains from a second thread.
+CHDB_WRITE_SETTINGS = {"max_threads": 1, "max_insert_threads": 1}
+CHDB_READ_SETTINGS = {"max_threads": 2}
 
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_]*$")
 
@@ -168,10 +182,18 @@ def out_of_space(exc: BaseException) -> bool:
     return any(sign in str(exc) for sign in _OUT_OF_SPACE)
 
 
-def open_chdb_client(path: str | Path) -> Client:
-    """clickhouse-connect's client over chDB, on (and creating) a data directory."""
+def open_chdb_client(path: str | Path, settings: dict[str, Any] | None = None) -> Client:
+    """clickhouse-connect's client over chDB, on (and creating) a data directory;
+    `settings` are query settings of this connection only."""
     Path(path).mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(interface="chdb", path=str(path))
+    return clickhouse_connect.get_client(interface="chdb", path=str(path),
+                                         settings=dict(settings or {}))
+
+
+def chdb_openers(path: str | Path) -> tuple[Callable[[], Client], Callable[[], Client]]:
+    """Openers of the writes and the reads connections to one chDB directory."""
+    return (lambda: open_chdb_client(path, CHDB_WRITE_SETTINGS),
+            lambda: open_chdb_client(path, CHDB_READ_SETTINGS))
 
 
 def open_server_client(url: str) -> Client:
@@ -205,14 +227,19 @@ class ClickHouseAnalytics:
 
     client: a clickhouse-connect Client, or a function that opens one (run on
         the adapter's own thread pool, so a slow open never blocks the loop).
+    read_client: a function opening the client queries use, if not `client`
+        (chDB: a connection of its own); opened after `client`'s tables exist.
     table_prefix: put before the table name (letters, digits, '_').
     database: qualify the table with this database, created if missing
         ('' = the client's default database).
-    threads: how many calls may run at once (1 for chDB).
+    read_threads: how many queries may run at once (1 for chDB).
+    clock: now, in UTC; which hours are closed, so sealed (clickhouse_volume).
     """
 
-    def __init__(self, client: Client | Callable[[], Client], *, table_prefix: str = "",
-                 database: str = "", threads: int = 1):
+    def __init__(self, client: Client | Callable[[], Client], *,
+                 read_client: Callable[[], Client] | None = None, table_prefix: str = "",
+                 database: str = "", read_threads: int = 1,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         if not _VALID_NAME.match(table_prefix):
             raise ValueError(f"table_prefix {table_prefix!r}: use letters, digits and '_'")
         self.table_name = f"{table_prefix}{TABLE}"
@@ -224,11 +251,16 @@ class ClickHouseAnalytics:
         self.bars_table = self._qualified(f"{table_prefix}{clickhouse_bars.BARS_TABLE}")
         # Executed volume per (symbol, hour), for long windows (see clickhouse_volume).
         self.volume_table = self._qualified(f"{table_prefix}{clickhouse_volume.VOLUME_TABLE}")
+        self.sealed_table = self._qualified(f"{table_prefix}{clickhouse_volume.SEALED_TABLE}")
         self._opener: Callable[[], Client] = (
             (lambda: client) if isinstance(client, Client) else client)
+        self._read_opener = read_client
+        self._clock = clock
         self._client: Client | None = None
+        self._read_client: Client | None = None
         self._open_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="clickhouse")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-writes")
+        self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="clickhouse-reads")
         self._closed = False
         # Start opening now; a failure here is retried by the first call.
         self._pool.submit(self._client_or_none)
@@ -245,10 +277,11 @@ class ClickHouseAnalytics:
             if parsed.netloc or not parsed.path:
                 raise ValueError(f"a chDB URL names an absolute directory: chdb:///path, not {url!r}")
             path = unquote(parsed.path)
-            return cls(lambda: open_chdb_client(path), table_prefix=table_prefix, threads=1)
+            writes, reads = chdb_openers(path)
+            return cls(writes, read_client=reads, table_prefix=table_prefix)
         if parsed.scheme in ("http", "https"):
             return cls(lambda: open_server_client(url), table_prefix=table_prefix,
-                       database=database_of(url), threads=SERVER_THREADS)
+                       database=database_of(url), read_threads=SERVER_READ_THREADS)
         raise ValueError(f"MOCKTRADE_CLICKHOUSE_URL must be http(s)://host:port/db or "
                          f"chdb:///path, not {url!r}")
 
@@ -262,9 +295,12 @@ class ClickHouseAnalytics:
             client.command(CREATE_TABLE_TEMPLATE.format(table=self.table))
             for statement in clickhouse_bars.create_statements(self.ticks_table, self.bars_table):
                 client.command(statement)
-            client.command(clickhouse_volume.create_statement(self.volume_table))
-            clickhouse_volume.backfill(client, trades_table=self.table,
-                                       volume_table=self.volume_table)
+            for statement in clickhouse_volume.create_statements(self.volume_table,
+                                                                 self.sealed_table):
+                client.command(statement)
+            # The hours closed since the last run (on a new table: every trade's).
+            clickhouse_volume.seal(client, self._clock(), trades_table=self.table,
+                                   volume_table=self.volume_table, sealed_table=self.sealed_table)
         except BaseException:
             client.close()
             raise
@@ -278,15 +314,26 @@ class ClickHouseAnalytics:
                     self._client = self._open()
         return self._client
 
+    def _get_read_client(self) -> Client:
+        """The client of queries: the writes client, or its own once the tables exist."""
+        client = self._get_client()
+        if self._read_opener is None:
+            return client
+        if self._read_client is None:
+            with self._open_lock:
+                if self._read_client is None:
+                    self._read_client = self._read_opener()
+        return self._read_client
+
     def _client_or_none(self) -> Client | None:
         try:
             return self._get_client()
         except Exception:
             return None
 
-    def _call(self, work: Callable[[Client], _T]) -> _T:
+    def _call(self, work: Callable[[Client], _T], get_client: Callable[[], Client]) -> _T:
         try:
-            return work(self._get_client())
+            return work(get_client())
         except OperationalError as exc:
             raise DependencyUnavailable(DEPENDENCY, str(exc)) from exc
         except Exception as exc:
@@ -295,9 +342,18 @@ class ClickHouseAnalytics:
             raise
 
     async def _run(self, work: Callable[[Client], _T]) -> _T:
+        """On the writes pool (one thread: batches in order)."""
         if self._closed:
             raise RuntimeError("analytics store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, work)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._call, work, self._get_client)
+
+    async def _read(self, work: Callable[[Client], _T]) -> _T:
+        """On the reads pool, never queued behind a batch."""
+        if self._closed:
+            raise RuntimeError("analytics store is closed")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reads, self._call, work, self._get_read_client)
 
     # -- the port ------------------------------------------------------------
 
@@ -312,16 +368,17 @@ class ClickHouseAnalytics:
             for rows in chunks:
                 client.insert(self.table_name, rows, column_names=COLUMNS,
                               database=self.database or None)
-            clickhouse_volume.recompute(client, executions, trades_table=self.table,
-                                        volume_table=self.volume_table,
-                                        database=self.database or None)
+            clickhouse_volume.record(client, executions, self._clock(), trades_table=self.table,
+                                     volume_table=self.volume_table,
+                                     sealed_table=self.sealed_table)
 
         await self._run(insert)
 
     async def volume(self, since: datetime, until: datetime,
                      symbol: str | None = None) -> list[SymbolVolume]:
-        rows = await self._run(lambda client: clickhouse_volume.query(
-            client, since, until, symbol, trades_table=self.table, volume_table=self.volume_table))
+        rows = await self._read(lambda client: clickhouse_volume.query(
+            client, since, until, symbol, trades_table=self.table, volume_table=self.volume_table,
+            sealed_table=self.sealed_table))
         return [SymbolVolume(name, Decimal(volume), int(count),
                              Decimal(notional).quantize(CASH_QUANTUM))
                 for name, volume, count, notional in rows]
@@ -343,7 +400,7 @@ class ClickHouseAnalytics:
 
     async def bars(self, symbol: str, timeframe: str, since: datetime | None,
                    until: datetime, limit: int) -> list[Bar]:
-        return await self._run(lambda client: clickhouse_bars.query_bars(
+        return await self._read(lambda client: clickhouse_bars.query_bars(
             client, symbol, timeframe, since, until, limit,
             bars_table=self.bars_table, trades_table=self.table))
 
@@ -358,9 +415,13 @@ class ClickHouseAnalytics:
 
         def shut() -> None:
             with self._open_lock:  # after an open still running on another thread
-                if self._client is not None:
-                    self._client.close()
-                    self._client = None
+                for client in (self._read_client, self._client):
+                    if client is not None:
+                        client.close()
+                self._client = self._read_client = None
 
+        # Queries still running finish first; then the writes pool closes both.
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._reads.shutdown(wait=True))
         await asyncio.get_running_loop().run_in_executor(self._pool, shut)
         self._pool.shutdown(wait=True)

@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..clickhouse import (COLUMNS, CREATE_TABLE, MAX_DAYS_PER_INSERT, TABLE, VOLUME_QUERY,
-                          ClickHouseAnalytics, open_chdb_client, split_by_days, volume_sql)
+                          ClickHouseAnalytics, chdb_openers, split_by_days, volume_sql)
 
 __all__ = ["ChdbAnalytics", "COLUMNS", "CREATE_TABLE", "MAX_DAYS_PER_INSERT", "TABLE",
            "VOLUME_QUERY", "split_by_days", "volume_sql"]
 
 
 class ChdbAnalytics(ClickHouseAnalytics):
-    """ports.Analytics on chDB at `path` (created if missing)."""
+    """ports.Analytics on chDB at `path` (created if missing): a connection for
+    the persistence batches, one for queries."""
 
     def __init__(self, path: str | Path, *, table_prefix: str = ""):
-        super().__init__(lambda: open_chdb_client(path), table_prefix=table_prefix, threads=1)
+        writes, reads = chdb_openers(path)
+        super().__init__(writes, read_client=reads, table_prefix=table_prefix)
