@@ -149,7 +149,16 @@ def _settled_verdict(checker: Checker, history: History, attempts: int = 5) -> V
     """Safety problems never go away; derived views (history, analytics) may
     trail the outcomes by a batch: judge again a few times before concluding."""
     for attempt in range(attempts):
-        verdict = checker.check(history, checker.observe())
+        try:
+            verdict = checker.check(history, checker.observe())
+        except httpx.HTTPError as exc:
+            # A read that timed out on a machine under load (seen at load
+            # average 100) is no verdict: read everything again.
+            if attempt == attempts - 1:
+                raise
+            print(f"checker read failed ({exc!r}); reading again", flush=True)
+            time.sleep(10)
+            continue
         if verdict.ok:
             return verdict
         time.sleep(3)

@@ -24,6 +24,8 @@ from ..domain.events import (decode_market_data, decode_trade_executed, format_t
                              market_data_payload, parse_time, trade_executed_payload)
 from ..domain.model import Execution, PriceTick
 from ..ports import Analytics, DependencyUnavailable, SymbolVolume
+# The owner serves these routes behind the services' request limits.
+from ..services.limits import MAX_BODY_BYTES
 
 VOLUME_PATH = "/internal/analytics/volume"
 TRADES_PATH = "/internal/analytics/trades"
@@ -31,14 +33,30 @@ TICKS_PATH = "/internal/analytics/ticks"
 BARS_PATH = "/internal/analytics/bars"
 
 
+def json_arrays(payloads: Sequence[dict], max_bytes: int):
+    """The payloads as consecutive JSON arrays of at most max_bytes each (a
+    payload larger than that alone goes in an array of its own)."""
+    part: list[bytes] = []
+    size = 2  # the brackets
+    for payload in payloads:
+        encoded = orjson.dumps(payload)
+        if part and size + 1 + len(encoded) > max_bytes:
+            yield b"[" + b",".join(part) + b"]"
+            part, size = [], 2
+        size += len(encoded) + (1 if part else 0)
+        part.append(encoded)
+    if part or not payloads:
+        yield b"[" + b",".join(part) + b"]"
+
+
 class HttpAnalytics:
-    def __init__(self, base_url: str, token: str, timeout: float = 5.0):
+    def __init__(self, base_url: str, token: str, timeout: float = 5.0, max_body: int = MAX_BODY_BYTES):
+        self.max_body = max_body
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
                                          headers={"Authorization": f"Bearer {token}"})
 
     async def record(self, executions: Sequence[Execution]) -> None:
-        body = orjson.dumps([trade_executed_payload(e) for e in executions])
-        await self._call("POST", TRADES_PATH, content=body)
+        await self._post_in_parts(TRADES_PATH, [trade_executed_payload(e) for e in executions])
 
     async def volume(self, since: datetime, until: datetime,
                      symbol: str | None = None) -> list[SymbolVolume]:
@@ -50,8 +68,19 @@ class HttpAnalytics:
                 for r in rows]
 
     async def record_ticks(self, ticks: Sequence[PriceTick]) -> None:
-        body = orjson.dumps([market_data_payload(t) for t in ticks])
-        await self._call("POST", TICKS_PATH, content=body)
+        await self._post_in_parts(TICKS_PATH, [market_data_payload(t) for t in ticks])
+
+    async def _post_in_parts(self, path: str, payloads: list[dict]) -> None:
+        """POST the payloads as JSON arrays each within the owner's body limit.
+
+        A job catching up after an outage writes batches of hundreds (500
+        trades are about 200 kB): sent whole, the owner answers 413 to every
+        retry and the job never moves on. A part that was recorded and is sent
+        again when a later part fails is no second copy: the owner drops
+        replays (trades by order id, ticks by symbol and time).
+        """
+        for body in json_arrays(payloads, self.max_body):
+            await self._call("POST", path, content=body)
 
     async def bars(self, symbol: str, timeframe: str, since: datetime | None,
                    until: datetime, limit: int) -> list[Bar]:
