@@ -193,3 +193,26 @@ def test_the_persistence_job_reads_ticks_as_the_bars_group_from_its_offsets_else
     # The other jobs' sources all read as the job's group.
     triggers = FlinkJobOptions.from_env("triggers", settings)
     assert {triggers.group_of(t) for t in triggers.source_topics} == {"p_trade-triggers"}
+
+
+def test_the_mini_clusters_jvm_starts_lean_unless_told_otherwise(tmp_path, monkeypatch):
+    """The job's environment hands PyFlink's gateway (which starts the
+    mini-cluster's JVM with JVM_ARGS) the serial collector and C1 only: half
+    the CPU to start and restore a job on a small machine."""
+    import sys
+
+    from mocktrade.jobs.flink.options import DEFAULT_JVM_ARGS
+    from mocktrade.jobs.flink.service import job_environment
+
+    settings = Settings(data_dir=tmp_path)
+
+    def jvm_args() -> str:
+        options = FlinkJobOptions.from_env("execution", settings)
+        return job_environment("execution", settings, sys.executable, (), None, "", options.jvm_args)["JVM_ARGS"]
+
+    assert jvm_args() == DEFAULT_JVM_ARGS
+    assert "-XX:+UseSerialGC" in DEFAULT_JVM_ARGS.split() and "-XX:TieredStopAtLevel=1" in DEFAULT_JVM_ARGS.split()
+    monkeypatch.setenv("MOCKTRADE_FLINK_JVM_ARGS", "-Xmx512m")
+    assert jvm_args() == "-Xmx512m"
+    monkeypatch.setenv("MOCKTRADE_FLINK_JVM_ARGS", "none")
+    assert jvm_args() == ""

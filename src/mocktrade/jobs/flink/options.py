@@ -19,6 +19,12 @@ file (PyFlink venv).
                                           checkpoint barrier
   MOCKTRADE_FLINK_RESTORE                 restore from this checkpoint/savepoint path
                                           (set by the service; empty: from committed offsets)
+  MOCKTRADE_FLINK_JVM_ARGS                flags of the local mini-cluster's JVM (default
+                                          -XX:+UseSerialGC -XX:TieredStopAtLevel=1
+                                          -XX:-UsePerfData: about half the JVM's CPU to start,
+                                          plan and restore a job, which is most of the time a
+                                          killed job takes to recover on a small machine;
+                                          docs/benchmarks.md, chaos); "none": the JVM's own defaults
   MOCKTRADE_FLINK_METRICS_PORT            the mini-cluster's Prometheus reporter: a port or a
                                           range (9250-9259: the first free one); empty (the
                                           default): no reporter. On a cluster the reporter is
@@ -67,6 +73,7 @@ class FlinkJobOptions:
     flush_ms: int
     restore_from: str
     metrics_port: str = ""
+    jvm_args: str = ""
 
     @property
     def source_topic(self) -> str:
@@ -103,7 +110,20 @@ class FlinkJobOptions:
                    batch_size=int(_env("BATCH_SIZE", "500")),
                    flush_ms=int(_env("FLUSH_MS", "200")),
                    restore_from=_env("RESTORE", ""),
-                   metrics_port=_env("METRICS_PORT", ""))
+                   metrics_port=_env("METRICS_PORT", ""),
+                   jvm_args=_jvm_args())
+
+
+# A job's JVM is a one-task mini-cluster whose hot work is in Python: the
+# serial collector (no concurrent GC threads) and C1 only (no C2 compiling in
+# the background) halve the CPU its start takes, with no throughput the jobs
+# need (measured: docs/benchmarks.md, chaos).
+DEFAULT_JVM_ARGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData"
+
+
+def _jvm_args() -> str:
+    value = _env("JVM_ARGS", DEFAULT_JVM_ARGS).strip()
+    return "" if value == "none" else value
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:

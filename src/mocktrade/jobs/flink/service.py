@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ...bootstrap import ROLES, Process, Resources, add_analytics_owner
 from ...config import Settings
+from ...job_process import die_with_parent
 from .options import FlinkJobOptions, latest_checkpoint
 from .provision import flink_runtime
 
@@ -45,7 +46,7 @@ def site_packages(python: str) -> str:
 
 
 def job_environment(job: str, settings: Settings, python: str, jars: tuple[str, ...],
-                    restore: str | None, analytics_url: str) -> dict[str, str]:
+                    restore: str | None, analytics_url: str, jvm_args: str = "") -> dict[str, str]:
     env = {**os.environ,
            "PYTHONPATH": f"{SRC_DIR}:{site_packages(python)}",
            "FLINK_LOG_DIR": str(work_dir(settings, job) / "log"),
@@ -61,6 +62,8 @@ def job_environment(job: str, settings: Settings, python: str, jars: tuple[str, 
            "MOCKTRADE_FLINK_RESTORE": restore or "",
            "MOCKTRADE_FLINK_JVM_PID_FILE": str(work_dir(settings, job) / "jvm.pid")}
     env.pop("VIRTUAL_ENV", None)
+    # PyFlink's gateway passes JVM_ARGS to the JVM it starts (the mini-cluster).
+    env["JVM_ARGS"] = jvm_args
     if env.get("MOCKTRADE_FLINK_METRICS_PORT"):
         # FLINK_HOME named: else PyFlink sets FLINK_LIB_DIR to its own lib/.
         env["FLINK_HOME"] = str(Path(site_packages(python)) / "pyflink")
@@ -131,14 +134,20 @@ class FlinkJobRunner:
     async def _run_once(self, runtime) -> int:
         restore = self.options.restore_from or latest_checkpoint(self.options.checkpoint_dir)
         (work_dir(self.settings, self.job) / "jvm.pid").unlink(missing_ok=True)  # this run writes its own
-        env = job_environment(self.job, self.settings, runtime.python, runtime.jars, restore, self.analytics_url)
+        env = job_environment(self.job, self.settings, runtime.python, runtime.jars, restore, self.analytics_url,
+                              self.options.jvm_args)
         out = open(work_dir(self.settings, self.job) / "flink.log", "ab")
         self.starts += 1
         self.started_wall = time.time()
         log.info("starting flink job", extra={"job": self.job, "restoreFrom": restore})
+        # Its own session (stop() signals the group: client, JVM, Python
+        # workers), and killed by the kernel when this process dies, even by
+        # kill -9: its JVM (which exits when the client's pipe closes) then no
+        # longer consumes and competes for the CPU while `up` starts this
+        # service again and the new run restores the last checkpoint.
         self.process = await asyncio.create_subprocess_exec(
             runtime.python, str(JOB_FILE), self.job, env=env, stdout=out, stderr=out,
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         (work_dir(self.settings, self.job) / "client.pid").write_text(str(self.process.pid))
         try:
             return await self._wait_for_end()
