@@ -3,8 +3,9 @@ and engine of the deployment, one fault at a time, each followed by a
 measured recovery.
 
 Services and jobs are found through the pid files `up` writes
-(DATA_DIR/logs/NAME.pid); each leads its own process group (a Flink job's
-JVM included), so a signal goes to the group. `up` restarts a killed child by
+(DATA_DIR/logs/NAME.pid); each leads its own process group, so a signal
+goes to the group (a Flink job's client and JVM, in a session of their own,
+die with their service). `up` restarts a killed child by
 itself; the nemesis only measures how long until the system works again.
 Engines are found through the stack's pid files and restarted by the nemesis
 through the stack manager (`mocktrade.stack.up`), as an operator would.
