@@ -62,7 +62,10 @@ class PricePathServer:
         simulator = PriceSimulator(self.symbols, self.ticks_per_second, 0.4, seed=11)
         event_log = SqliteEventLog(self.data_dir / "eventlog.sqlite3")
         prices = EmbeddedPriceCache(self.data_dir / "prices.sqlite3")
-        self.marketdata = MarketDataService(event_log, prices, self.symbols, self.client_buffer)
+        # A dropped client gets its close frame once it reads again: allow a loaded
+        # machine more than the default 2 s for the test's slow reader to get there.
+        self.marketdata = MarketDataService(event_log, prices, self.symbols, self.client_buffer,
+                                            close_timeout=10.0)
         self.ingestion = IngestionService(f"ws://127.0.0.1:{self.port}{FEED_PATH}", event_log)
 
         @contextlib.asynccontextmanager
