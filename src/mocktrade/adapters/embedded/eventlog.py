@@ -6,11 +6,16 @@ each partition numbers its records 0, 1, 2, ... without gaps. Consumer groups
 keep committed offsets in the same file, so a restarted consumer resumes after
 what it committed and gets every uncommitted record again (at-least-once).
 
-All SQLite calls run synchronously on the event-loop thread, on purpose: an
-indexed insert or range read is a few microseconds, far less than a thread
-hop, and no transaction ever spans an `await`, so coroutines of this process
-can never interleave inside one. Other processes are kept out by SQLite's
-write lock (see _sqlite).
+Reads run synchronously on the event-loop thread: an indexed range read is
+a few microseconds, far less than a thread hop, and WAL readers never wait
+for a lock. Writes (appends and offset commits) run on one writer thread
+per log, with a connection of its own: a write takes SQLite's write lock,
+which another process (the job process beside the HTTP one) may hold, and
+waiting for it on the loop thread would stall every request and WebSocket
+push of this process for as long. Appends of one process queue up while
+its writer is busy and go in the next transaction together (group commit),
+in the order they were called, so a key keeps its order whichever of
+`publish` or `publish_many` wrote it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import sqlite3
 import time
 import zlib
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
@@ -86,14 +91,18 @@ class SqliteEventLog:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self._default_partitions = partitions
-        self._conn = connect(path)
+        self._path = path
+        self._conn = connect(path)  # reads, and the rare topic creation and retention
         self._conn.executescript(_SCHEMA)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-writer")
+        self._writer_conn: sqlite3.Connection | None = None  # opened on the writer thread
+        self._flusher: asyncio.Task | None = None
         self._topics: dict[str, int] = {}
         # One event per topic that has a waiting consumer; a publish sets and
         # drops it, so the next wait gets a fresh one.
         self._wakeups: dict[str, asyncio.Event] = {}
-        # Publishes waiting for this loop turn's group commit.
-        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        # Appends waiting for the writer's next transaction: rows, and who waits.
+        self._pending: list[tuple[list[tuple], asyncio.Future]] = []
         # Consumers in other processes (a job process beside the HTTP one)
         # are woken by a datagram; see wakeup.py.
         self._peers = CrossProcessWakeup(Path(path).parent / "wakeups", self._wake_here)
@@ -103,40 +112,11 @@ class SqliteEventLog:
 
     async def publish(self, topic: str, key: str, value: bytes,
                       headers: Mapping[str, str] | None = None) -> None:
-        """Group commit: every publish of one loop turn is written in one
+        """Group commit: every publish waiting for the writer is written in one
         transaction, and each caller returns once that transaction has
         committed (so a 202 sent after it still means durable)."""
-        row = (topic, partition_for(key, self.partitions(topic)), key, value,
-               orjson.dumps(dict(headers)) if headers else None)
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((row, done))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_pending)
-        await done
-
-    def _flush_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        now = time.time_ns() // 1000
-        try:
-            with write_transaction(self._conn, "event log") as conn:
-                ends: dict[tuple[str, int], int] = {}
-                for (topic, partition, key, value, headers), _ in pending:
-                    slot = (topic, partition)
-                    offset = ends[slot] if slot in ends else self._end(conn, topic, partition)
-                    conn.execute(_APPEND, (topic, partition, offset, key, value, headers, now))
-                    ends[slot] = offset + 1
-        except BaseException as exc:
-            for _, done in pending:
-                if not done.done():
-                    done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for _, done in pending:
-            if not done.done():
-                done.set_result(None)
-        for topic in {row[0] for row, _ in pending}:
-            self._wake(topic)
+        await self._append([(topic, partition_for(key, self.partitions(topic)), key, value,
+                             orjson.dumps(dict(headers)) if headers else None)])
 
     async def publish_many(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
         """Publish a batch in one transaction; each record keeps its key's order.
@@ -145,17 +125,59 @@ class SqliteEventLog:
         producers that already hold a batch (the feed, replays, benchmarks).
         """
         count = self.partitions(topic)
+        await self._append([(topic, partition_for(key, count), key, value,
+                             orjson.dumps(dict(headers)) if headers else None)
+                            for key, value, headers in records])
+
+    async def _append(self, rows: list[tuple]) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((rows, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                rows = [row for rows, _ in batch for row in rows]
+                try:
+                    await loop.run_in_executor(self._writer, self._write_rows, rows)
+                except BaseException as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+                for topic in {row[0] for row in rows}:
+                    self._wake(topic)
+        finally:
+            self._flusher = None
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        if self._writer_conn is None:
+            self._writer_conn = connect(self._path)
+        return self._writer_conn
+
+    def _write_rows(self, rows: list[tuple]) -> None:
+        """On the writer thread: append rows in one transaction, numbering each
+        partition on from its highest offset."""
         now = time.time_ns() // 1000
-        by_partition: dict[int, list[tuple[str, bytes, bytes | None, int]]] = defaultdict(list)
-        for key, value, headers in records:
-            by_partition[partition_for(key, count)].append(
-                (key, value, orjson.dumps(dict(headers)) if headers else None, now))
-        with write_transaction(self._conn, "event log") as conn:
-            for partition, rows in by_partition.items():
-                first = self._end(conn, topic, partition)
-                conn.executemany(_APPEND, [(topic, partition, first + i, *row)
-                                           for i, row in enumerate(rows)])
-        self._wake(topic)
+        with write_transaction(self._writer_connection(), "event log") as conn:
+            ends: dict[tuple[str, int], int] = {}
+            params = []
+            for topic, partition, key, value, headers in rows:
+                slot = (topic, partition)
+                offset = ends[slot] if slot in ends else self._end(conn, topic, partition)
+                params.append((topic, partition, offset, key, value, headers, now))
+                ends[slot] = offset + 1
+            conn.executemany(_APPEND, params)
 
     @staticmethod
     def _end(conn: sqlite3.Connection, topic: str, partition: int) -> int:
@@ -206,10 +228,14 @@ class SqliteEventLog:
                           orjson.loads(headers) if headers else {}, from_micros(ts))
                 for offset, key, value, headers, ts in rows]
 
-    def _commit(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
+    async def _commit(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._write_offsets, group, topic, next_offsets)
+
+    def _write_offsets(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
         # max(): a late commit of an older batch never moves the group back,
         # so records already committed are not handed out again.
-        with write_transaction(self._conn, "event log") as conn:
+        with write_transaction(self._writer_connection(), "event log") as conn:
             conn.executemany(
                 "INSERT INTO log_group_offsets (grp, topic, part, next_offset) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (grp, topic, part) DO UPDATE "
@@ -303,7 +329,16 @@ class SqliteEventLog:
             event.set()
         self._wakeups.clear()
         self._peers.close()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._close_writer)
+        self._writer.shutdown(wait=False)
         self._conn.close()
+
+    def _close_writer(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
 
     @property
     def closed(self) -> bool:
@@ -367,7 +402,7 @@ class SqliteLogConsumer:
     async def commit(self, records: Sequence[LogRecord]) -> None:
         next_offsets = offsets_after(records, self._topic)
         if next_offsets:
-            self._log._commit(self._group, self._topic, next_offsets)
+            await self._log._commit(self._group, self._topic, next_offsets)
 
     async def lag(self) -> dict[int, int]:
         """Records not yet read, per partition: end offset minus position (metrics)."""
