@@ -36,8 +36,8 @@ With --insert-rate N, N trades/s stream in for as long as queries run
 now, published to the platform's log from a thread of this process, so the
 persistence job records them into history and analytics as it would real
 ones. The analytics figures are then those of a table being inserted into
-(new parts every batch, the current hour's pre-aggregate recomputed), not
-only of merged parts.
+(new parts every batch, the open hour read raw at query time), not only of
+merged parts.
 
 Loopback only; bounded in time; the server is stopped at the end. Prints
 figures; it never passes or fails on time.

@@ -111,6 +111,15 @@ PARTITION BY toDate(executionTimestamp)
 ORDER BY (symbol, userId, executionTimestamp, orderId)
 """
 
+# Outdated parts (merged away) are removed in the background every ~30 s; at
+# 100 or more at once (the default threshold) ClickHouse removes them on a
+# pool of up to 128 threads, and in chDB those threads then live in our
+# process for good, each keeping /proc/self/task/<tid>/{stat,io,schedstat}
+# open once it has run a query (measured: 26 -> 150 threads about 30 s after
+# the first inserts, fds growing with them). Our parts are small and a
+# busy table outdates a few per second, so one thread removes them.
+PART_REMOVAL_SETTING = "concurrent_part_removal_threshold = 1000000000"
+
 # ClickHouse refuses an insert that touches more than 100 partitions (days);
 # a batch spanning longer (a replay of old trades) goes in several inserts.
 MAX_DAYS_PER_INSERT = 100
@@ -298,6 +307,9 @@ class ClickHouseAnalytics:
             for statement in clickhouse_volume.create_statements(self.volume_table,
                                                                  self.sealed_table):
                 client.command(statement)
+            for table in (self.table, self.ticks_table, self.bars_table, self.volume_table,
+                          self.sealed_table):  # also tables made before the setting
+                client.command(f"ALTER TABLE {table} MODIFY SETTING {PART_REMOVAL_SETTING}")
             # The hours closed since the last run (on a new table: every trade's).
             clickhouse_volume.seal(client, self._clock(), trades_table=self.table,
                                    volume_table=self.volume_table, sealed_table=self.sealed_table)
