@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, summary_ms  # noqa: E402
 
-from mocktrade.adapters.clickhouse import ClickHouseAnalytics, open_chdb_client  # noqa: E402
+from mocktrade.adapters.clickhouse import ClickHouseAnalytics  # noqa: E402
+from mocktrade.adapters.embedded.analytics import ChdbAnalytics  # noqa: E402
 from mocktrade.config import DEFAULT_SYMBOLS  # noqa: E402
 from mocktrade.domain.model import PriceTick  # noqa: E402
 from mocktrade.services.query import QueryService  # noqa: E402
@@ -155,7 +156,7 @@ async def main() -> None:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-bars-"))
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"data: {data_dir} ({'reused' if args.reuse else 'built now'})")
-    analytics = ClickHouseAnalytics(lambda: open_chdb_client(data_dir))
+    analytics = ChdbAnalytics(data_dir)
     week_end = START + args.days * DAY
     try:
         if not args.reuse:

@@ -89,15 +89,19 @@ def _drop_clickhouse_tables() -> None:
         return
     from clickhouse_connect.driver.binding import quote_identifier
 
+    from mocktrade.adapters import clickhouse_bars, clickhouse_volume
     from mocktrade.adapters.clickhouse import TABLE, database_of, open_server_client
 
+    names = (TABLE, clickhouse_volume.VOLUME_TABLE, clickhouse_volume.SEALED_TABLE,
+             clickhouse_bars.TICKS_TABLE, clickhouse_bars.BARS_TABLE)
     for url, prefix in sorted(_clickhouse_tables):
         try:
             client = open_server_client(url)
             database = database_of(url)
-            table = quote_identifier(f"{prefix}{TABLE}")
-            client.command(f"DROP TABLE IF EXISTS "
-                           f"{quote_identifier(database) + '.' if database else ''}{table}")
+            for name in names:
+                table = quote_identifier(f"{prefix}{name}")
+                client.command(f"DROP TABLE IF EXISTS "
+                               f"{quote_identifier(database) + '.' if database else ''}{table}")
             client.close()
         except Exception:
             pass

@@ -236,8 +236,10 @@ class ClickHouseAnalytics:
 
     client: a clickhouse-connect Client, or a function that opens one (run on
         the adapter's own thread pool, so a slow open never blocks the loop).
-    read_client: a function opening the client queries use, if not `client`
-        (chDB: a connection of its own); opened after `client`'s tables exist.
+    read_client: a function opening the client queries use, if not `client`;
+        opened after `client`'s tables exist. Required for chDB (queries and
+        batches run at once, and a chDB connection serves one at a time):
+        use `chdb_openers`.
     table_prefix: put before the table name (letters, digits, '_').
     database: qualify the table with this database, created if missing
         ('' = the client's default database).
