@@ -231,15 +231,13 @@ def _run_server(app, settings: Settings, name: str = "mocktrade") -> None:
 
     from .services.http_protocol import LimitedHttpToolsProtocol
     from .services.limits import WS_MAX_MESSAGE_BYTES
-    from .services.ws_protocol import DirectFramesProtocol
 
     # httptools with caps on the request target (414) and headers (431); WebSocket
-    # messages over 64 KiB close the connection with 1009 (services.limits); price
-    # pushes leave as frames encoded once for all clients (services.ws_protocol).
+    # messages over 64 KiB close the connection with 1009 (services.limits).
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_config=None, access_log=False, loop="uvloop",
                             http=LimitedHttpToolsProtocol, ws_max_size=WS_MAX_MESSAGE_BYTES,
-                            ws=DirectFramesProtocol, ws_per_message_deflate=False, lifespan="on",
+                            ws="websockets-sansio", ws_per_message_deflate=False, lifespan="on",
                             timeout_graceful_shutdown=5,
                             # uvicorn would believe X-Forwarded-For from 127.0.0.1; the
                             # per-address limits decide that (MOCKTRADE_TRUSTED_PROXIES).

@@ -31,7 +31,6 @@ from mocktrade.feed.server import FEED_PATH, feed_routes
 from mocktrade.feed.simulator import PriceSimulator
 from mocktrade.services.ingestion import IngestionService
 from mocktrade.services.marketdata import MarketDataService
-from mocktrade.services.ws_protocol import DirectFramesProtocol
 
 pytestmark = pytest.mark.e2e
 
@@ -94,8 +93,7 @@ class PricePathServer:
         self.port = listener.getsockname()[1]
         self._sockets = [listener]
         app = self._app()
-        # The platform's WebSocket protocol (cli._run_server): pushes written directly.
-        config = uvicorn.Config(app, ws=DirectFramesProtocol, log_level="warning", access_log=False,
+        config = uvicorn.Config(app, ws="websockets-sansio", log_level="warning", access_log=False,
                                 ws_per_message_deflate=False, timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, args=(self._sockets,), daemon=True)

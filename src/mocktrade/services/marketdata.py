@@ -12,11 +12,9 @@ symbol is conflated to the newest: only that one is still the price, and
 pushing the older ones first would only make it later.
 
 Fan-out never waits on a client: each update is encoded once per serializer
-(and framed once, for the server's direct way out: services/ws_protocol.py)
-and written to every member's socket at once when nothing is pending for
-it, else offered to its bounded queue, which that client's own sender task
-drains. A client whose queue is full is too slow to be worth the memory and
-is disconnected with 1013 (try again later).
+and offered to every member's bounded queue, which that client's own sender
+task drains. A client whose queue is full is too slow to be worth the memory
+and is disconnected with 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ from .auth import TokenIssuer
 from .client_address import ClientAddress
 from .order_stream import ORDER_TOPIC_PREFIX, JoinRefused, OrderStream, order_push
 from .phoenix import PhoenixMessage, PhoenixProtocolError, Serializer
-from .direct_frames import DIRECT_FRAMES, DirectFrames
 
 CONSUMER_GROUP = "market-data"
 MARKETDATA_PATH = "/v1/marketdata"
@@ -63,33 +60,19 @@ def price_payload(tick: PriceTick) -> dict[str, str]:
     return {"symbol": tick.symbol, "price": fmt(tick.price), "timestamp": format_time(tick.timestamp)}
 
 
-class OutgoingText:
-    """One text message for clients: its ASGI form, and its wire frame made
-    once, when the first client that can take it directly needs it."""
-
-    __slots__ = ("message", "_frame")
-
-    def __init__(self, text: str):
-        self.message: AsgiMessage = {"type": "websocket.send", "text": text}
-        self._frame: bytes | None = None
-
-    def frame(self, direct: DirectFrames) -> bytes:
-        if self._frame is None:
-            self._frame = direct.encode(self.message["text"])
-        return self._frame
+def _text_frame(text: str) -> AsgiMessage:
+    return {"type": "websocket.send", "text": text}
 
 
 class Subscriber:
     """One WebSocket client: its joined topics and its bounded outgoing queue."""
 
     __slots__ = ("_send", "_queue", "serializer", "topics", "close_code", "_sender", "peer",
-                 "address", "_direct", "_sending")
+                 "address")
 
     def __init__(self, send: AsgiSend, buffer: int, serializer: Serializer, peer: str,
-                 address: str | None = None, direct: DirectFrames | None = None):
+                 address: str | None = None):
         self._send = send
-        self._direct = direct
-        self._sending = False
         self._queue: asyncio.Queue[AsgiMessage] = asyncio.Queue(buffer)
         self.serializer = serializer
         self.topics: dict[str, str | None] = {}  # topic -> join_ref
@@ -99,15 +82,10 @@ class Subscriber:
         # The client address bad tokens are throttled by (services.client_address).
         self.address = address
 
-    def offer(self, text: OutgoingText) -> bool:
-        """Send or queue a message without waiting; False when the client has fallen behind."""
-        # Straight to the socket only when nothing is queued or being sent,
-        # so messages still leave in the order they were offered.
-        if (self._direct is not None and not self._sending and self._queue.empty()
-                and self.close_code is None and self._direct.write(text.frame(self._direct))):
-            return True
+    def offer(self, frame: AsgiMessage) -> bool:
+        """Queue a frame without waiting; False when the client has fallen behind."""
         try:
-            self._queue.put_nowait(text.message)
+            self._queue.put_nowait(frame)
             return True
         except asyncio.QueueFull:
             return False
@@ -122,12 +100,7 @@ class Subscriber:
     async def _send_all(self) -> None:
         queue, send = self._queue, self._send
         while True:
-            message = await queue.get()
-            self._sending = True
-            try:
-                await send(message)
-            finally:
-                self._sending = False
+            await send(await queue.get())
 
     def kick(self, code: int) -> None:
         """Stop sending now, even mid-send to a stalled socket; the connection closes with `code`."""
@@ -167,13 +140,13 @@ class PriceHub:
         if not members:
             return
         payload = price_payload(tick)
-        frames: list[OutgoingText | None] = [None, None]
+        frames: list[AsgiMessage | None] = [None, None]
         slow: list[Subscriber] = []
         for subscriber in members:
             frame = frames[subscriber.serializer]
             if frame is None:
                 message = phoenix.broadcast(topic, EVENT_PRICE_UPDATE, payload)
-                frame = frames[subscriber.serializer] = OutgoingText(
+                frame = frames[subscriber.serializer] = _text_frame(
                     phoenix.encode_message(message, subscriber.serializer))
             if subscriber.offer(frame):
                 self.pushes += 1
@@ -311,8 +284,8 @@ class MarketDataService:
     def _offer_order_update(self, subscriber: Subscriber, topic: str, payload: dict) -> bool:
         if subscriber.close_code is not None:
             return False
-        text = OutgoingText(phoenix.encode_message(order_push(topic, payload), subscriber.serializer))
-        if subscriber.offer(text):
+        frame = _text_frame(phoenix.encode_message(order_push(topic, payload), subscriber.serializer))
+        if subscriber.offer(frame):
             return True
         self._drop_slow(subscriber)
         return False
@@ -334,8 +307,7 @@ class MarketDataService:
             return
         await send({"type": "websocket.accept"})
         subscriber = Subscriber(send, self._client_buffer, _announced_serializer(scope), _peer(scope),
-                                self._client_address.of(scope),
-                                scope.get("extensions", {}).get(DIRECT_FRAMES))
+                                self._client_address.of(scope))
         self._subscribers.add(subscriber)
         metrics.WS_CLIENTS.inc()
         reader = asyncio.create_task(self._read(subscriber, receive))
@@ -462,7 +434,7 @@ class MarketDataService:
     def _reply(self, subscriber: Subscriber, message: PhoenixMessage) -> bool:
         if subscriber.close_code is not None:
             return False
-        if subscriber.offer(OutgoingText(phoenix.encode_message(message, subscriber.serializer))):
+        if subscriber.offer(_text_frame(phoenix.encode_message(message, subscriber.serializer))):
             return True
         self._drop_slow(subscriber)
         return False
