@@ -105,7 +105,8 @@ class Resources:
             return self._keep(RedisIdempotencyStore(self.settings.redis_url,
                                                     key_prefix=self.settings.table_prefix))
         from .adapters.embedded.idempotency import SqliteIdempotencyStore
-        return self._keep(SqliteIdempotencyStore(self._path("portfolios.sqlite3")))
+        return self._keep(SqliteIdempotencyStore(self._path("idempotency.sqlite3"),
+                                                 carry_over_from=self._path("portfolios.sqlite3")))
 
     @cached_property
     def portfolios(self) -> PortfolioStore:

@@ -47,7 +47,7 @@ async def backends(tmp_path):
         event_log=SqliteEventLog(tmp_path / "log.sqlite3"),
         prices=EmbeddedPriceCache(tmp_path / "prices.sqlite3"),
         portfolios=SqlitePortfolioStore(tmp_path / "portfolios.sqlite3"),
-        idempotency=SqliteIdempotencyStore(tmp_path / "portfolios.sqlite3"),
+        idempotency=SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3"),
         history=SqliteTradeHistory(tmp_path / "history.sqlite3"),
         analytics=ChdbAnalytics(tmp_path / "analytics"),
     )
