@@ -30,6 +30,9 @@ def status_json(platform: RunningPlatform) -> dict:
 
 def place_orders(platform: RunningPlatform, count: int = 3) -> None:
     with platform.client("alice") as alice:
+        # A platform answers /readyz before its first price has come through
+        # the feed (distributed: feed -> Kafka -> market data -> Redis).
+        wait_for(lambda: alice.get("/v1/prices/MOCKAAPL").status_code == 200, timeout=60)
         for _ in range(count):
             placed = alice.post("/v1/orders", json={"symbol": "MOCKAAPL", "quantity": "1", "side": "BUY"})
             assert placed.status_code == 202, placed.text
@@ -116,10 +119,20 @@ def test_distributed_lists_every_child(real_engines, tmp_path_factory):
     running.start()
     try:
         place_orders(running)
-        status = wait_for(lambda: (s := status_json(running)) and
-                          all(p["health"] == "ok" for p in s["processes"]) and
-                          any(p["lag"] for p in s["processes"] if p["name"] == "execution") and s,
-                          timeout=60, interval=1)
+        seen: list[dict] = []
+
+        def settled():
+            seen[:] = [status_json(running)]
+            s = seen[0]
+            return s and all(p["health"] == "ok" for p in s["processes"]) and \
+                any(p["lag"] for p in s["processes"] if p["name"] == "execution") and s
+
+        # A loaded CI machine starts seven services and their Kafka consumers
+        # slowly; the last status read says which one was not there yet.
+        try:
+            status = wait_for(settled, timeout=150, interval=1)
+        except AssertionError:
+            raise AssertionError(f"status never settled; last read: {seen}") from None
         assert status["mode"] == "distributed"
         processes = {p["name"]: p for p in status["processes"]}
         assert {"gateway", "marketdata", "ingestion", "feed", "execution", "persistence",
