@@ -31,6 +31,10 @@ async def _echo(request):
     return PlainTextResponse(f"{len(body)} bytes", status_code=202)
 
 
+async def _broken(request):
+    raise RuntimeError("a bug in a route")
+
+
 async def _socket(websocket):
     await websocket.accept()
     await websocket.send_text("hello")
@@ -41,6 +45,7 @@ def _app(cors: tuple[str, ...] = ()):
     parts = GatewayParts(tokens=TokenIssuer("edge-test-secret-of-at-least-32-bytes", 3600),
                          limiter=RateLimiter(1000, 1000), cors_origins=cors,
                          extra_routes=[Route("/echo/{n}", _echo, methods=["POST"]),
+                                       Route("/broken", _broken),
                                        WebSocketRoute("/socket", _socket)])
     return create_app(parts)
 
@@ -138,6 +143,21 @@ async def test_durations_are_counted_by_route_template_and_status():
     assert {key: _count(*key) - before[key] for key in keys} == {
         ("POST", "/echo/{n}", "202"): 2, ("POST", "unmatched", "413"): 1,
         ("GET", "unmatched", "404"): 1, ("GET", "/healthz", "200"): 1}
+
+
+async def test_a_route_that_raises_answers_a_secured_json_500_and_the_error_goes_on():
+    before = _count("GET", "/broken", "500")
+    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.get("/broken")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    _secured(answer)
+    assert _count("GET", "/broken", "500") - before == 1
+    # The exception still reaches the server, which logs it.
+    async with _client(_app()) as client:
+        with pytest.raises(RuntimeError, match="a bug in a route"):
+            await client.get("/broken")
 
 
 async def test_websocket_scopes_pass_untouched():
