@@ -202,6 +202,9 @@ def dead_lettered(topic: str) -> None:
 
 FEED_TICKS = Counter("mocktrade_feed_ticks_total", "Feed ticks ingested and published to "
                                                    "market_data")
+FEED_TICKS_DROPPED = Counter("mocktrade_feed_ticks_dropped_total",
+                             "Feed ticks dropped unpublished: the oldest waiting ones, while the "
+                             "event log was too slow and the ingestion buffer full")
 FEED_CLOCK_CORRECTIONS = Counter(
     "mocktrade_feed_clock_corrections_total",
     "Feed ticks recorded at another time than the feed said (domain/feed_clock.py): "

@@ -19,6 +19,7 @@ from collections import defaultdict
 import orjson
 import pytest
 import websockets
+from prometheus_client import REGISTRY
 
 from mocktrade.adapters.embedded.eventlog import SqliteEventLog
 from mocktrade.domain.events import TOPIC_MARKET_DATA, decode_envelope, decode_market_data
@@ -189,6 +190,7 @@ async def test_when_the_log_stays_away_the_oldest_waiting_ticks_are_dropped(tmp_
 
     event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
     log = GatedLog(event_log)
+    dropped_before = REGISTRY.get_sample_value("mocktrade_feed_ticks_dropped_total") or 0.0
 
     async def body(ingestion: IngestionService) -> None:
         await wait_until(lambda: log.blocked and ingestion.stats()["ticksWaiting"] == 10
@@ -208,3 +210,6 @@ async def test_when_the_log_stays_away_the_oldest_waiting_ticks_are_dropped(tmp_
     # The batch in flight, then the newest ten: nothing accepted is reordered.
     assert dict(logged) == split_by_symbol([*range(first), *range(30, 40)])
     assert ingestion.ticks_dropped == 30 - first > 0
+    # An operator sees the drops on /metrics, not only in the log.
+    assert REGISTRY.get_sample_value("mocktrade_feed_ticks_dropped_total") - dropped_before \
+        == ingestion.ticks_dropped

@@ -153,6 +153,7 @@ class IngestionService:
         dropped = len(ticks) - room
         if dropped > 0:
             self.ticks_dropped += dropped
+            metrics.FEED_TICKS_DROPPED.inc(dropped)
             if not self._dropping:
                 self._dropping = True
                 log.warning("event log behind; dropping the oldest waiting ticks",
