@@ -32,7 +32,7 @@ import enum
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Union
+from typing import Any, Union
 
 from . import rules
 from .model import (ZERO, Execution, ExecutionStatus, Order, OrderType, Portfolio, Side,
@@ -207,17 +207,19 @@ class _Builder:
         self.outcomes: list[Execution] = []
 
     def transition(self, state: OrderState, status: OrderStatus,
-                   at: datetime | None = None) -> OrderState:
+                   at: datetime | None = None, **changes: Any) -> OrderState:
+        """`changes`: other fields of the state changed with this transition
+        (one dataclasses.replace instead of two: it is in every order's path)."""
         self.seq += 1
         t = Transition(status, at or self.now, self.seq)
-        state = replace(state, status=status, transitions=state.transitions + (t,))
+        state = replace(state, status=status, transitions=state.transitions + (t,), **changes)
         self.orders[state.order_id] = state
         self.new.append((state.order_id, t))
         return state
 
     def finish(self, state: OrderState, outcome: Execution) -> OrderState:
-        state = replace(state, outcome=outcome, reserved_cash=ZERO, reserved_shares=ZERO)
-        state = self.transition(state, status_of(outcome.status))
+        state = self.transition(state, status_of(outcome.status), outcome=outcome,
+                                reserved_cash=ZERO, reserved_shares=ZERO)
         self.outcomes.append(outcome)
         return state
 
@@ -273,6 +275,8 @@ def reservation(order: Order) -> tuple[Decimal, Decimal]:
 
 
 def _reserve(p: Portfolio, cash: Decimal, symbol: str, shares: Decimal) -> Portfolio:
+    if not cash and not shares:
+        return p  # nothing held back or released (every market order's fill)
     reserved = dict(p.reserved_shares)
     if shares:
         total = reserved.get(symbol, ZERO) + shares
@@ -305,7 +309,8 @@ def place(order: Order, portfolio: Portfolio | None, price: Decimal | None,
     state = b.transition(OrderState(order, OrderStatus.ACCEPTED, ()), OrderStatus.ACCEPTED,
                          order.order_timestamp)
     fill_at, triggered = fill_price_now(order, price)
-    state = replace(state, stop_triggered=triggered)
+    if triggered != state.stop_triggered:
+        state = replace(state, stop_triggered=triggered)
     if order.expires_at is not None and order.expires_at <= now:
         # Reached the owner only after its session closed: no fill at an
         # after-close price, whatever it is.

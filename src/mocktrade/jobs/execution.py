@@ -13,14 +13,17 @@ hands back the same events, with the same eventIds, to publish again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 from time import time_ns
 from typing import Callable, Sequence
 
 from ..domain.events import (TOPIC_ORDER_COMMANDS, TOPIC_ORDER_UPDATES, TOPIC_TRADE_EXECUTED,
                              EventDecodeError, decode_envelope, decode_order_command,
-                             decode_trade_order, encode_order_update, encode_trade_executed)
+                             decode_trade_order, encode_order_update, encode_trade_executed,
+                             order_view)
 from ..domain.lifecycle import Instruction, PlaceOrder, Step, TriggerOrder
 from .. import metrics, tracing
 from ..domain.model import Execution, utc_now
@@ -70,15 +73,18 @@ class ExecutionHandler:
         # Prices are read before the store step: no await may fall inside
         # the store's transaction, and a price a few microseconds older is
         # the same price the per-order path read just before its step.
-        applications = [Application(instruction, await self._price_for(instruction), self._clock())
+        # One price read per symbol per batch: in the embedded job process a
+        # read is a SQLite query, and a batch holds many orders per symbol.
+        prices: dict[str, Decimal | None] = {}
+        applications = [Application(instruction, await self._price_for(instruction, prices),
+                                    self._clock())
                         for _, instruction in decoded]
         steps = await self._portfolios.apply_many(applications) if applications else []
         outbound: dict[str, list] = {}
         spans: list = []
         for (record, _), step in zip(decoded, steps):
             spans += self._collect(record, step, outbound, started)
-        for topic, batch in outbound.items():
-            await self._log.publish_many(topic, batch)
+        await self._publish(outbound)
         tracing.end_all(spans)  # a failed batch's spans are dropped; its retry has its own
 
     async def handle_one(self, record: LogRecord) -> Execution | None:
@@ -92,10 +98,23 @@ class ExecutionHandler:
                                             self._clock())
         outbound: dict[str, list] = {}
         spans = self._collect(record, step, outbound, started)
-        for topic, batch in outbound.items():
-            await self._log.publish_many(topic, batch)
+        await self._publish(outbound)
         tracing.end_all(spans)
         return step.outcomes[-1] if step.outcomes else None
+
+    async def _publish(self, outbound: dict[str, list]) -> None:
+        """Every topic's batch at once: the embedded log writes appends that
+        wait together in one transaction (order_updates and trade_executed:
+        one commit per execution batch, not two), Kafka has both in flight.
+        Each key keeps its order within its topic; no order across topics is
+        promised. Every publish is waited for before a failure is raised, so
+        a retried batch never races a publish still in flight."""
+        results = await asyncio.gather(*(self._log.publish_many(topic, batch)
+                                         for topic, batch in outbound.items()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _decode(self, record: LogRecord) -> Instruction | None:
         try:
@@ -112,11 +131,15 @@ class ExecutionHandler:
         and a publish span per topic; returned, to end once published."""
         received = tracing.record_context(record)
         spans = _execution_spans(record, step, received, started) if tracing.enabled() else {}
+        views: dict[int, dict] = {}  # order_view per state: a fill emits two transitions
         for state, transition in step.new_transitions:
             context = _context_for(spans, TOPIC_ORDER_UPDATES, received)
+            view = views.get(id(state))
+            if view is None:
+                view = views[id(state)] = order_view(state)
             outbound.setdefault(TOPIC_ORDER_UPDATES, []).append(
-                (state.user_id, encode_order_update(state, transition, trace_context=context),
-                 context))
+                (state.user_id, encode_order_update(state, transition, trace_context=context,
+                                                    view=view), context))
         for outcome in step.outcomes:
             context = _context_for(spans, TOPIC_TRADE_EXECUTED, received)
             outbound.setdefault(TOPIC_TRADE_EXECUTED, []).append(
@@ -124,12 +147,20 @@ class ExecutionHandler:
         self._count(step)
         return list(spans.values())
 
-    async def _price_for(self, instruction: Instruction):
+    async def _price_for(self, instruction: Instruction,
+                         read: dict[str, Decimal | None] | None = None) -> Decimal | None:
+        """`read`: prices already read for this batch, by symbol (added to)."""
         if isinstance(instruction, TriggerOrder):
             return instruction.price  # a trigger fills at the tick that crossed the order
         if isinstance(instruction, PlaceOrder):
-            tick = await self._prices.get_price(instruction.order.symbol)
-            return tick.price if tick else None
+            symbol = instruction.order.symbol
+            if read is not None and symbol in read:
+                return read[symbol]
+            tick = await self._prices.get_price(symbol)
+            price = tick.price if tick else None
+            if read is not None:
+                read[symbol] = price
+            return price
         return None
 
     def _count(self, step: Step) -> None:
