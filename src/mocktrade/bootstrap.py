@@ -13,7 +13,7 @@ import contextlib
 import logging
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -269,7 +269,7 @@ class Process:
         self._starters: list[Callable[[], Awaitable[None]]] = []
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
-        self.job_process = None  # the embedded platform's supervised job process, if any
+        self.job_processes: list = []  # the embedded platform's supervised job children
 
     def background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         self._starters.append(lambda: _started(self.supervisor, name, factory))
@@ -388,10 +388,9 @@ def add_analytics_owner(p: Process) -> None:
 
 def service_process(name: str, settings: Settings) -> Process:
     """One service or job of the reference architecture, as its own process."""
-    if name == "all":
-        return _all_jobs(settings)
-    owns_analytics = name == "persistence" or not settings.analytics_url
-    r = Resources(settings, owns_analytics=owns_analytics)
+    if name == "all" or name in JOBS:
+        return job_process((name,), settings)
+    r = Resources(settings, owns_analytics=not settings.analytics_url)
     p = Process(name, r, ROLES[name])
     if name in ("gateway", "order"):
         p.parts.orders = order_service(r)
@@ -408,44 +407,56 @@ def service_process(name: str, settings: Settings) -> Process:
         _add_ingestion(p)
     if name == "feed":
         _add_feed(p)
-    if name == "execution":
-        p.background("execution-job", execution_job(r))
-    if name == "triggers":
-        p.background("triggers-job", triggers_job(r))
-    if name == "persistence":
-        p.background("persistence-job", persistence_job(r))
-        if not settings.clickhouse_url:
-            add_analytics_owner(p)
     return p
 
 
-def _all_jobs(settings: Settings) -> Process:
-    """Every job in one process: the embedded platform's job process (or, with
-    the engines configured, all jobs of a small deployment together). It owns
-    chDB and serves it to the HTTP process."""
+# The runner of each job, by the name `mocktrade job NAME` takes.
+JOB_RUNNERS = {"execution": execution_job, "triggers": triggers_job, "persistence": persistence_job}
+
+# The embedded platform's job children (job_process.py), by name: the jobs
+# each runs. Persistence apart from execution: its batches (chDB inserts,
+# history upserts) and the analytics queries it answers no longer hold the
+# execution job up on one event loop and GIL. Its child owns chDB.
+EMBEDDED_JOB_PROCESSES = {"execution": ("execution", "triggers"), "persistence": ("persistence",)}
+
+
+def job_names(names: Sequence[str]) -> tuple[str, ...]:
+    """`all` is every job; the rest in the order given, once each."""
+    return JOBS if "all" in names else tuple(dict.fromkeys(names))
+
+
+def job_process(names: Sequence[str], settings: Settings) -> Process:
+    """Some jobs in one process: one of the embedded platform's job children,
+    a job of distributed mode, or all jobs of a small deployment together.
+    The one that runs persistence owns chDB (and serves it to the others)."""
+    jobs = job_names(names)
     if not settings.distributed:
         _checkpoints_elsewhere()
-    r = Resources(settings, owns_analytics=True, sets_prices=settings.distributed)
-    p = Process("jobs", r, ROLES["all"])
-    _add_jobs(p)
-    if not settings.clickhouse_url:
+    # Embedded, the HTTP process writes the prices; the jobs read them from its file.
+    r = Resources(settings, owns_analytics="persistence" in jobs or not settings.analytics_url,
+                  sets_prices=settings.distributed)
+    p = Process("jobs" if jobs == JOBS else "-".join(jobs), r,
+                set().union(*(ROLES[job] for job in jobs)))
+    _add_jobs(p, jobs)
+    if "persistence" in jobs and not settings.clickhouse_url:
         add_analytics_owner(p)
     return p
 
 
-def _add_jobs(p: Process) -> None:
+def _add_jobs(p: Process, jobs: Sequence[str] = JOBS) -> None:
     r = p.resources
-    p.background("execution-job", execution_job(r))
-    p.background("triggers-job", triggers_job(r))
-    p.background("persistence-job", persistence_job(r))
-    if not r.settings.distributed:
+    for job in jobs:
+        p.background(f"{job}-job", JOB_RUNNERS[job](r))
+    if not r.settings.distributed and "persistence" in jobs:
+        # Housekeeping of the embedded files goes with persistence, off the
+        # execution job's loop: log retention, and the WAL checkpoints of the
+        # platform's SQLite files, off the commits of the HTTP process and of
+        # the jobs (adapters/embedded/checkpoints.py).
         async def retain() -> None:
             while True:
                 await asyncio.sleep(3600)
                 await r.event_log.apply_retention()
         p.background("log-retention", retain)
-        # The platform's SQLite files are checkpointed here, off the commits
-        # of the HTTP process and of the jobs (adapters/embedded/checkpoints.py).
         from .adapters.embedded.checkpoints import WalCheckpointer
         checkpointer = WalCheckpointer(r.settings.data_dir)
         p.on_start(checkpointer.astart, checkpointer.astop)
@@ -458,21 +469,25 @@ def _checkpoints_elsewhere() -> None:
 
 def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
     """Every service and job of the reference architecture behind one port:
-    HTTP and WebSockets in this process, the jobs in a child process it
-    supervises (`jobs_apart`, the default: both cores at work), or all here."""
-    _checkpoints_elsewhere()  # the job process (or _add_jobs here) runs the checkpointer
-    jobs = None
+    HTTP and WebSockets in this process, the jobs in child processes it
+    supervises (`jobs_apart`, the default: both cores at work; the layout is
+    EMBEDDED_JOB_PROCESSES), or all here."""
+    _checkpoints_elsewhere()  # the persistence child (or _add_jobs here) runs the checkpointer
+    children = []
     if jobs_apart:
         from .job_process import JobProcess
         from .portcheck import free_port
 
-        jobs = JobProcess(settings.data_dir, free_port(settings.host), settings.host)
-        settings = settings.with_overrides(analytics_url=jobs.url)
+        children = [JobProcess(name, jobs, settings.data_dir, free_port(settings.host), settings.host)
+                    for name, jobs in EMBEDDED_JOB_PROCESSES.items()]
+        # Analytics questions go to the child that owns chDB.
+        owner = next(child for child in children if "persistence" in child.jobs)
+        settings = settings.with_overrides(analytics_url=owner.url)
     r = Resources(settings, owns_analytics=not jobs_apart)
     p = Process("platform", r, set())
-    p.job_process = jobs
-    if jobs is not None:  # this port's /metrics covers the job process too
-        p.parts.metrics_peers = {"jobs": f"{jobs.url}/metrics"}
+    p.job_processes = children
+    # This port's /metrics covers the job children too.
+    p.parts.metrics_peers = {child.name: f"{child.url}/metrics" for child in children}
     p.parts.orders = order_service(r)
     p.parts.portfolio = PortfolioService(r.portfolios, r.prices)
     p.parts.query = query_service(r)
@@ -485,16 +500,16 @@ def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
     _add_feed(p)
     _add_marketdata(p)
     _add_ingestion(p)
-    if jobs is None:
+    if not jobs_apart:
         _add_jobs(p)
-    else:
-        p.background("job-process", jobs.supervise)
+    for child in children:
+        p.background(f"{child.name}-supervisor", child.supervise)
 
     async def prices_flowing() -> dict[str, str]:
         checks = await Process.readiness(p)
         checks["prices"] = "ok" if await r.prices.all_prices() else "no prices yet"
-        if jobs is not None:
-            checks["jobs"] = await jobs.readiness()
+        answers = await asyncio.gather(*(child.readiness() for child in children))
+        checks.update({f"{child.name}-process": answer for child, answer in zip(children, answers)})
         return checks
     p.readiness = prices_flowing
     return p

@@ -49,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
 
-    job = commands.add_parser("job", help="run a job as a consumer-group process")
-    job.add_argument("job", choices=JOBS)
+    job = commands.add_parser("job", help="run one or more jobs as a consumer-group process")
+    job.add_argument("job", nargs="+", choices=JOBS,
+                     help="the jobs this process runs (all: every job; embedded `up` runs "
+                          "`job execution triggers` and `job persistence`)")
     job.add_argument("--host", help="address of its health endpoint (default 127.0.0.1)")
     job.add_argument("--port", type=int, help="port of its health endpoint (default 8000)")
     job.add_argument("--engine", choices=("consumer", "flink"),
@@ -177,10 +179,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
         return _up(settings.with_overrides(host=args.host, port=args.port))
     if args.command == "job" and args.engine == "flink":
-        return _flink_job(args.job, settings.with_overrides(host=args.host, port=args.port))
-    if args.command in ("serve", "job"):
-        name = args.service if args.command == "serve" else args.job
-        return _serve(name, settings.with_overrides(host=args.host, port=args.port))
+        if len(args.job) != 1 or args.job[0] == "all":
+            raise CommandError("--engine flink runs one job per process: execution, persistence or triggers")
+        return _flink_job(args.job[0], settings.with_overrides(host=args.host, port=args.port))
+    if args.command == "serve":
+        return _serve(args.service, settings.with_overrides(host=args.host, port=args.port))
+    if args.command == "job":
+        return _jobs(args.job, settings.with_overrides(host=args.host, port=args.port))
     if args.command == "stack":
         return _stack(settings, args.stack_args)
     if args.command == "accounts" and args.accounts_command == "create":
@@ -258,8 +263,19 @@ def _serve(name: str, settings: Settings) -> int:
     from .bootstrap import service_process
 
     logs.configure(settings.log_level)
-    _start_tracing("jobs" if name == "all" else name)
+    _start_tracing(name)
     _run_server(service_process(name, settings).app(), settings, name)
+    return 0
+
+
+def _jobs(names: Sequence[str], settings: Settings) -> int:
+    from . import logs
+    from .bootstrap import job_process
+
+    logs.configure(settings.log_level)
+    process = job_process(names, settings)
+    _start_tracing(process.name)  # mocktrade-jobs, -execution-triggers, -persistence, ...
+    _run_server(process.app(), settings, process.name)
     return 0
 
 
@@ -291,7 +307,7 @@ def _up(settings: Settings) -> int:
     from .bootstrap import embedded_platform
 
     logs.configure(settings.log_level)
-    _start_tracing("gateway")  # the one HTTP process; its jobs run in `job all`
+    _start_tracing("gateway")  # the one HTTP process; its jobs run in its job children
     lock = _hold_data_dir(settings)
     platform = embedded_platform(settings)
     base = f"http://{settings.host}:{settings.port}"
@@ -305,7 +321,7 @@ def _up(settings: Settings) -> int:
     from .process_file import record_embedded
 
     # DATA_DIR/processes.json, for `mocktrade status`.
-    forget = record_embedded(settings.data_dir, settings.host, settings.port, platform.job_process)
+    forget = record_embedded(settings.data_dir, settings.host, settings.port, platform.job_processes)
 
     async def keep() -> None:
         pass

@@ -1,7 +1,7 @@
 """DATA_DIR/processes.json: which processes a running deployment has, and
 where they listen, for `mocktrade status` (src/mocktrade/status.py).
 
-Written by `mocktrade up` (embedded: the HTTP process and its job child) and
+Written by `mocktrade up` (embedded: the HTTP process and its job children) and
 by the launcher of `up --distributed` (every child), atomically (a temporary
 file renamed over the old one), again whenever a child restarts, and removed
 on a clean exit. A file whose owner (the `up` process) is gone is stale: a
@@ -12,6 +12,9 @@ kill -9 leaves it behind, and `status` treats it as nothing running.
      "processes": [{"name": "platform", "kind": "http" | "service" | "job",
                     "port": 8000, "pid": 123, "restarts": 0,
                     "log": "/abs/path.log" | null}, ...]}
+
+An embedded job child's entry also lists the jobs it runs ("jobs":
+["execution", "triggers"]); it is named as in bootstrap.EMBEDDED_JOB_PROCESSES.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 FILE_NAME = "processes.json"
 VERSION = 1
@@ -95,24 +98,25 @@ def running(data_dir: Path) -> dict[str, Any] | None:
 
 # -- the writers --------------------------------------------------------------
 
-def record_embedded(data_dir: Path, host: str, port: int, job_process: Any) -> Callable[[], None]:
-    """`mocktrade up`: this HTTP process and its job child (if apart), now and
-    at every start of the child. Returns what removes the file on exit."""
+def record_embedded(data_dir: Path, host: str, port: int,
+                    job_processes: Sequence[Any] = ()) -> Callable[[], None]:
+    """`mocktrade up`: this HTTP process and its job children (job_process.
+    JobProcess), now and at every start of a child. Returns what removes the
+    file on exit."""
     data_dir = Path(data_dir).resolve()
     own_log = data_dir / "logs" / "platform.log"
 
     def update() -> None:
         processes = [{"name": "platform", "kind": "http", "port": port, "pid": os.getpid(),
                       "restarts": 0, "log": str(own_log) if own_log.exists() else None}]
-        if job_process is not None:
-            processes.append({"name": "jobs", "kind": "job", "port": job_process.port,
-                              "pid": job_process.pid, "restarts": job_process.restarts,
-                              "log": str(Path(job_process.log_path).resolve())})
+        processes += [{"name": child.name, "kind": "job", "jobs": list(child.jobs),
+                       "port": child.port, "pid": child.pid, "restarts": child.restarts,
+                       "log": str(Path(child.log_path).resolve())} for child in job_processes]
         with contextlib.suppress(OSError):  # never stops the platform
             write(data_dir, "embedded", host, processes)
 
-    if job_process is not None:
-        job_process.on_started = update
+    for child in job_processes:
+        child.on_started = update
     update()
     return lambda: remove(data_dir)
 

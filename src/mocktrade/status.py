@@ -32,7 +32,7 @@ SCRAPE_TIMEOUT = 2.0
 LOG_TAIL_BYTES = 256 * 1024
 ERROR_LEVELS = ("CRITICAL", "ERROR", "WARNING")
 # The merged /metrics of the embedded HTTP process labels each sample with
-# the process it came from; the job child's own are read from its own port.
+# the process it came from; each job child's own are read from its own port.
 LOCAL_PROCESS = "platform"
 _PLAIN_LEVEL = re.compile(r"\b(CRITICAL|ERROR|WARNING)\b")
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
@@ -191,7 +191,8 @@ class Collector:
         log = entry.get("log")
         log_path = Path(log) if log else self.data_dir / "logs" / f"{name}.log"
         row: dict[str, Any] = {
-            "name": name, "kind": entry.get("kind"), "port": port, "pid": pid, "alive": alive,
+            "name": name, "kind": entry.get("kind"), "jobs": entry.get("jobs"),
+            "port": port, "pid": pid, "alive": alive,
             "health": health, "failing": failing, "restarts": entry.get("restarts"),
             "metrics": scrape is not None,
             "log": str(log_path) if log_path.exists() else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -77,6 +78,9 @@ def _verify(platform: RunningPlatform) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+JOB_CHILDREN = ("execution", "persistence")  # bootstrap.EMBEDDED_JOB_PROCESSES
+
+
 def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path):
     platform = RunningPlatform(tmp_path / "data").start()
     try:
@@ -84,9 +88,11 @@ def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path):
             wait_for(lambda: len(load.accepted) >= 300, timeout=30)
             platform.kill()
         assert len(load.accepted) >= 300
-        # The job process died with `up` (it must not hold chDB for the next one).
-        jobs_pid = int((platform.data_dir / "logs" / "jobs.pid").read_text())
-        wait_for(lambda: not process_alive(jobs_pid), timeout=10)
+        # Both job children died with `up` (the persistence child must not hold
+        # chDB for the next one).
+        for child in JOB_CHILDREN:
+            pid = platform.pid_of(child)
+            wait_for(lambda: not process_alive(pid), timeout=10)
         platform.start()
         _verify(platform)
         load.all_in_history()
@@ -94,19 +100,77 @@ def test_kill_9_mid_load_loses_and_duplicates_nothing(tmp_path):
         platform.stop()
 
 
-def test_kill_9_of_the_job_process_mid_load_loses_and_duplicates_nothing(tmp_path):
+def restarts_of(platform: RunningPlatform, child: str) -> int:
+    document = json.loads((platform.data_dir / "processes.json").read_text())
+    return next(p["restarts"] for p in document["processes"] if p["name"] == child)
+
+
+def volume(client: httpx.Client) -> httpx.Response:
+    return client.get("/v1/analytics/volume", params={"timeWindow": "1h"})
+
+
+@pytest.mark.parametrize("child", JOB_CHILDREN)
+def test_kill_9_of_a_job_process_mid_load_loses_and_duplicates_nothing(tmp_path, child):
     platform = RunningPlatform(tmp_path / "data").start()
     try:
-        with OrderLoad(platform) as load:
+        with OrderLoad(platform) as load, platform.client(USERS[0]) as reader:
             wait_for(lambda: len(load.accepted) >= 200, timeout=30)
-            first = int((platform.data_dir / "logs" / "jobs.pid").read_text())
+            # The persistence child owns chDB and answers the analytics route.
+            assert volume(reader).status_code == 200
+            first = platform.pid_of(child)
+            other = platform.pid_of(next(c for c in JOB_CHILDREN if c != child))
             os.kill(first, signal.SIGKILL)
-            # `up` starts it again; orders keep being accepted meanwhile.
-            wait_for(lambda: int((platform.data_dir / "logs" / "jobs.pid").read_text()) != first,
-                     timeout=30)
+            if child == "persistence":
+                # Until it is back, analytics is a clear 503, as when it hangs.
+                down = wait_for(lambda: (r := volume(reader)).status_code == 503 and r,
+                                timeout=10, interval=0.02)
+                assert down.json()["error"]["code"] == "dependency_unavailable", down.text
+                assert down.headers["Retry-After"] == "1"
+            # `up` starts it again; orders keep being accepted meanwhile, and
+            # the other child runs on untouched.
+            wait_for(lambda: platform.pid_of(child) != first, timeout=30)
+            wait_for(lambda: restarts_of(platform, child) == 1, timeout=10)
             count = len(load.accepted)
             wait_for(lambda: len(load.accepted) >= count + 200, timeout=30)
+            assert platform.pid_of(next(c for c in JOB_CHILDREN if c != child)) == other
+            assert process_alive(other)
+            wait_for(lambda: volume(reader).status_code == 200, timeout=30, interval=0.2)
         _verify(platform)
         load.all_in_history()
+    finally:
+        platform.stop()
+
+
+def test_analytics_answers_503_while_the_persistence_process_hangs_and_orders_still_execute(tmp_path):
+    platform = RunningPlatform(tmp_path / "data").start()
+    persistence = platform.pid_of("persistence")
+    try:
+        with platform.client("alice") as alice:
+            assert volume(alice).status_code == 200
+            os.kill(persistence, signal.SIGSTOP)
+            try:
+                answer = volume(alice)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "dependency_unavailable"
+                assert "analytics" in answer.json()["error"]["message"]
+                readiness = httpx.get(f"{platform.base}/readyz", timeout=10).json()
+                assert readiness["checks"]["persistence-process"] != "ok", readiness
+                assert readiness["checks"]["execution-process"] == "ok", readiness
+                # Execution does not wait for persistence: orders still fill.
+                placed = alice.post("/v1/orders", json={"symbol": "MOCKAAPL", "quantity": "1",
+                                                        "side": "BUY"})
+                assert placed.status_code == 202, placed.text
+                order = placed.json()["orderId"]
+                wait_for(lambda: alice.get(f"/v1/orders/{order}").json().get("status") == "EXECUTED",
+                         timeout=20, interval=0.2)
+            finally:
+                os.kill(persistence, signal.SIGCONT)
+            # Back: analytics answers and the trade reaches history and the volume.
+            wait_for(lambda: volume(alice).status_code == 200, timeout=20, interval=0.2)
+            wait_for(lambda: any(t["orderId"] == order for t in
+                                 alice.get("/v1/trades/search").json()["trades"]), timeout=20)
+            wait_for(lambda: sum(s["tradeCount"] for s in volume(alice).json()["symbols"]) >= 1,
+                     timeout=20)
+        _verify(platform)
     finally:
         platform.stop()

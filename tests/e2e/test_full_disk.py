@@ -96,7 +96,8 @@ def test_full_disk_answers_503_and_recovers_without_restart(small_disk, tmp_path
             # (ticks), execution, persistence (history, chDB analytics, bars).
             time.sleep(4)
             assert platform.process.poll() is None, platform.log()
-            assert process_alive(platform.pid_of("jobs")), platform.log()
+            assert process_alive(platform.pid_of("execution")), platform.log()
+            assert process_alive(platform.pid_of("persistence")), platform.log()
             readiness = httpx.get(f"{platform.base}/readyz", timeout=5)
             assert readiness.status_code == 503 and "disk" in readiness.text, readiness.text
 

@@ -1,5 +1,5 @@
 """/metrics of the embedded platform: one port covers the HTTP process and
-the job process beside it (every sample labelled with its `process`)."""
+the two job processes beside it (every sample labelled with its `process`)."""
 
 from __future__ import annotations
 
@@ -64,18 +64,24 @@ def test_one_port_covers_every_process(embedded: RunningPlatform):
                                               "side": "BUY"}).status_code == 400
         assert "/metrics" not in alice.get("/v1/openapi.json").json()["paths"]
 
-    # The job process's series arrive through the HTTP process's port.
+    # The job processes' series arrive through the HTTP process's port: the
+    # execution job's from the execution child, persistence's from its own.
     families = wait_for(lambda: (f := scrape(embedded.base)) and value(
         f, "mocktrade_order_execution_lag_seconds", "mocktrade_order_execution_lag_seconds_count",
-        process="jobs") >= 3 and f, timeout=20, interval=0.2)
+        process="execution") >= 3 and value(
+        f, "mocktrade_events_processed", "mocktrade_events_processed_total",
+        job="trade-persistence", process="persistence") >= 3 and f, timeout=20, interval=0.2)
     assert set(EXPECTED) <= set(families)
-    assert value(families, "mocktrade_metrics_source_up", process="jobs") == 1
+    assert value(families, "mocktrade_metrics_source_up", process="execution") == 1
+    assert value(families, "mocktrade_metrics_source_up", process="persistence") == 1
     assert value(families, "mocktrade_events_processed", "mocktrade_events_processed_total",
-                 job="trade-execution", process="jobs") >= 3
+                 job="trade-execution", process="execution") >= 3
+    assert value(families, "mocktrade_events_processed", "mocktrade_events_processed_total",
+                 job="trade-execution", process="persistence") == 0
     assert value(families, "mocktrade_executions", "mocktrade_executions_total",
-                 status="EXECUTED", process="jobs") >= 3
+                 status="EXECUTED", process="execution") >= 3
     lag_sum = value(families, "mocktrade_order_execution_lag_seconds",
-                    "mocktrade_order_execution_lag_seconds_sum", process="jobs")
+                    "mocktrade_order_execution_lag_seconds_sum", process="execution")
     assert 0 < lag_sum < 30  # three market orders, each executed within seconds
     groups = {s.labels["group"] for s in families["mocktrade_consumer_lag_records"].samples}
     assert {"trade-execution", "trade-persistence", "market-data"} <= groups
@@ -95,11 +101,11 @@ def test_one_port_covers_every_process(embedded: RunningPlatform):
                  method="POST", route="/v1/orders", status="202", process="platform") == 3
     assert value(families, "mocktrade_http_request_duration_seconds",
                  "mocktrade_http_request_duration_seconds_count",
-                 method="GET", route="/healthz", process="jobs") == 0  # nobody asked the child
+                 method="GET", route="/healthz", process="execution") == 0  # nobody asked the child
     assert value(families, "mocktrade_feed_ticks", "mocktrade_feed_ticks_total") > 0
     assert value(families, "mocktrade_price_push_seconds",
                  "mocktrade_price_push_seconds_count", process="platform") > 0
     assert value(families, "mocktrade_ws_clients", process="platform") == 0  # it left
-    # The standard process collectors, from both processes.
+    # The standard process collectors, from every process.
     cpu = {s.labels["process"] for s in families["process_cpu_seconds"].samples}
-    assert cpu == {"platform", "jobs"}
+    assert cpu == {"platform", "execution", "persistence"}

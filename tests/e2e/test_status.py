@@ -38,27 +38,42 @@ def place_orders(platform: RunningPlatform, count: int = 3) -> None:
             assert placed.status_code == 202, placed.text
 
 
-def test_embedded_json_lists_both_processes_healthy(embedded: RunningPlatform):
+def persisted(status: dict) -> float:
+    """Trades the persistence child has handled, by its own count."""
+    child = next(p for p in status["processes"] if p["name"] == "persistence")
+    by_job = (child["events"] or {}).get("by_job", {})
+    return (by_job.get("trade-persistence") or {}).get("total", 0)
+
+
+def test_embedded_json_lists_every_process_healthy(embedded: RunningPlatform):
     place_orders(embedded)
-    # The job child samples its lag every few seconds: wait for the first sample.
+    # Each job child samples its lag every few seconds: wait for both first samples.
     status = wait_for(lambda: (s := status_json(embedded)) and
-                      any(p["lag"] for p in s["processes"]) and s, timeout=30, interval=0.5)
+                      all(p["lag"] for p in s["processes"] if p["kind"] == "job") and s,
+                      timeout=30, interval=0.5)
     assert status["mode"] == "embedded"
     processes = {p["name"]: p for p in status["processes"]}
-    assert set(processes) == {"platform", "jobs"}
+    assert set(processes) == {"platform", "execution", "persistence"}
     for process in processes.values():
         assert process["health"] == "ok", process
         assert process["alive"] is True and process["metrics"] is True
-    platform, jobs = processes["platform"], processes["jobs"]
+    platform, execution, persistence = (processes[n] for n in ("platform", "execution", "persistence"))
     assert platform["port"] == embedded.port
-    assert jobs["pid"] == embedded.pid_of("jobs")
     assert platform["orders"]["total"] >= 3 and platform["orders"]["per_s"] is not None
     assert platform["ticks"]["total"] > 0 and platform["ticks"]["per_s"] > 0  # 100 ticks/s feed
     assert platform["ws_clients"] == 0
-    assert jobs["events"]["by_job"]["trade-execution"]["total"] >= 3
-    assert "trade-execution" in jobs["lag"]["by_group"]
-    assert jobs["restarts"] == 0
-    assert jobs["log"].endswith("jobs.log")
+    assert execution["jobs"] == ["execution", "triggers"] and persistence["jobs"] == ["persistence"]
+    for child in (execution, persistence):
+        assert child["kind"] == "job" and child["pid"] == embedded.pid_of(child["name"])
+        assert child["restarts"] == 0
+        assert child["log"].endswith(f"{child['name']}.log")
+    assert len({platform["pid"], execution["pid"], persistence["pid"]}) == 3
+    assert execution["events"]["by_job"]["trade-execution"]["total"] >= 3
+    assert set(execution["lag"]["by_group"]) >= {"trade-execution"}
+    assert "trade-persistence" not in execution["lag"]["by_group"]
+    wait_for(lambda: persisted(status_json(embedded)) >= 3, timeout=30, interval=0.5)
+    assert set(persistence["lag"]["by_group"]) >= {"trade-persistence"}
+    assert "trade-execution" not in persistence["lag"]["by_group"]
 
 
 def test_embedded_once_prints_a_plain_table(embedded: RunningPlatform):
@@ -67,19 +82,19 @@ def test_embedded_once_prints_a_plain_table(embedded: RunningPlatform):
     lines = out.splitlines()
     assert "PROCESS" in lines[1] and "ORDERS/S" in lines[1] and "LAG" in lines[1]
     rows = {line.split()[0]: line for line in lines[2:]}
-    assert set(rows) == {"platform", "jobs"}
+    assert set(rows) == {"platform", "execution", "persistence"}
     assert all(" ok " in row for row in rows.values())
     assert rows["platform"].split()[3] == "ok"
 
 
 def test_last_error_is_the_newest_warning_of_the_log(embedded: RunningPlatform):
-    log = embedded.data_dir / "logs" / "jobs.log"
+    log = embedded.data_dir / "logs" / "persistence.log"
     with open(log, "a") as out:  # as logs.py writes them
         out.write(json.dumps({"time": "2030-01-01T00:00:00.000+00:00", "level": "WARNING",
                               "logger": "mocktrade.test", "message": "disk\nalmost full",
                               "free": "1%"}) + "\n")
-    jobs = next(p for p in status_json(embedded)["processes"] if p["name"] == "jobs")
-    assert jobs["last_error"] == {"time": "2030-01-01T00:00:00.000+00:00", "level": "WARNING",
+    persistence = next(p for p in status_json(embedded)["processes"] if p["name"] == "persistence")
+    assert persistence["last_error"] == {"time": "2030-01-01T00:00:00.000+00:00", "level": "WARNING",
                                   "text": "mocktrade.test: disk almost full free=1%"}
 
 
