@@ -435,8 +435,9 @@ def job_process(names: Sequence[str], settings: Settings) -> Process:
     # Embedded, the HTTP process writes the prices; the jobs read them from its file.
     r = Resources(settings, owns_analytics="persistence" in jobs or not settings.analytics_url,
                   sets_prices=settings.distributed)
-    p = Process("jobs" if jobs == JOBS else "-".join(jobs), r,
-                set().union(*(ROLES[job] for job in jobs)))
+    # Named after its first job, the one the others run beside (its traces
+    # are mocktrade-<name>, as in distributed mode); all of them: "jobs".
+    p = Process("jobs" if jobs == JOBS else jobs[0], r, set().union(*(ROLES[job] for job in jobs)))
     _add_jobs(p, jobs)
     if "persistence" in jobs and not settings.clickhouse_url:
         add_analytics_owner(p)

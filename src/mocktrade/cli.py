@@ -274,7 +274,7 @@ def _jobs(names: Sequence[str], settings: Settings) -> int:
 
     logs.configure(settings.log_level)
     process = job_process(names, settings)
-    _start_tracing(process.name)  # mocktrade-jobs, -execution-triggers, -persistence, ...
+    _start_tracing(process.name)  # mocktrade-execution, mocktrade-persistence, mocktrade-jobs, ...
     _run_server(process.app(), settings, process.name)
     return 0
 

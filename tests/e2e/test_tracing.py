@@ -75,14 +75,11 @@ def test_an_order_is_one_trace_from_the_request_to_persistence(traced):
         assert span["attributes"]["mocktrade.user_id"] == "alice"
     assert persist["attributes"]["mocktrade.status"] == "EXECUTED"
     assert isinstance(process["attributes"]["messaging.kafka.offset"], int)
-    # Each stage reports as the process that ran it.
-    if platform.distributed:
-        assert server["service"] == "mocktrade-gateway"
-        assert process["service"] == "mocktrade-execution"
-        assert persist["service"] == "mocktrade-persistence"
-    else:
-        assert server["service"] == "mocktrade-gateway"
-        assert process["service"] == persist["service"] == "mocktrade-jobs"
+    # Each stage reports as the process that ran it (embedded too: execution
+    # and persistence run in job processes of their own).
+    assert server["service"] == "mocktrade-gateway"
+    assert process["service"] == "mocktrade-execution"
+    assert persist["service"] == "mocktrade-persistence"
 
 
 def test_an_order_without_a_caller_context_starts_its_own_trace(traced):
