@@ -387,7 +387,7 @@ def machine_busy() -> float:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of `pid` (the embedded `up` runs its jobs in one)."""
+    """Direct children of `pid` (the embedded `up` runs its jobs in two)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -510,9 +510,9 @@ async def in_process_handler(data_dir: Path, args) -> dict:
 
 def log_count(platform: Platform, text: str) -> int:
     """How often `text` is in the server's log and in the embedded job
-    process's log (data_dir/logs/jobs.log, where `up` runs the jobs apart)."""
+    processes' logs (data_dir/logs/<name>.log, where `up` runs the jobs apart)."""
     count = 0
-    for path in (platform.log_path, platform.data_dir / "logs" / "jobs.log"):
+    for path in (platform.log_path, *sorted((platform.data_dir / "logs").glob("*.log"))):
         if path.exists():
             count += path.read_bytes().decode(errors="replace").count(text)
     return count
