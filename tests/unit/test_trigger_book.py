@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mocktrade.domain.lifecycle import ExpireOrder, OrderStatus, TriggerOrder
 from mocktrade.domain.model import Order, OrderType, Side, TimeInForce
-from mocktrade.domain.triggers import TriggerBook
+from mocktrade.domain.triggers import COMPACT_SLACK, TriggerBook
 
 T0 = datetime(2026, 1, 5, 19, 0, tzinfo=timezone.utc)
 SYMBOLS = ["AAA", "BBB"]
@@ -105,9 +106,12 @@ ops = st.one_of(
 
 @settings(max_examples=250)
 @given(universe=st.tuples(*[orders(f"o{i}") for i in range(8)]),
-       script=st.lists(ops, min_size=1, max_size=50))
-def test_the_book_proposes_exactly_what_a_scan_finds(universe, script):
-    book, scan = TriggerBook(), Scan()
+       script=st.lists(ops, min_size=1, max_size=50),
+       slack=st.sampled_from([0, 1, 1024]), closed_capacity=st.sampled_from([8, 100_000]))
+def test_the_book_proposes_exactly_what_a_scan_finds(universe, script, slack, closed_capacity):
+    """Also with sweeps of stale heap entries at every chance (slack 0), and
+    a closed memory as large as the universe (nothing forgotten either way)."""
+    book, scan = TriggerBook(closed_capacity, compact_slack=slack), Scan()
     now = T0
     for op in script:
         now += timedelta(minutes=1)
@@ -186,3 +190,78 @@ def test_due_returns_day_orders_at_their_close_once():
     assert book.due(close) == [ExpireOrder("u1", "d1", close)]
     assert book.due(close + timedelta(days=1)) == []
     assert "d1" not in book and "g1" in book
+
+
+# -- what the book keeps is bounded (it lives as long as the trigger job) -------
+
+def test_market_orders_leave_nothing_behind():
+    """The soak's +146 MB/h: every market order's final update was remembered."""
+    book = TriggerBook()
+    book.on_tick("AAA", Decimal("100"), T0)
+    for i in range(10_000):
+        market = order(f"m{i}", kind=OrderType.MARKET, limit=None)
+        for seq, status in enumerate(("ACCEPTED", "OPEN", "EXECUTED"), 1):
+            assert book.apply_update(market, status, seq, False) == []
+    assert len(book) == 0 and len(book.closed) == 0
+
+
+def test_only_the_newest_closed_orders_are_remembered():
+    book = TriggerBook(closed_capacity=100)
+    for i in range(1_000):
+        book.apply_update(order(f"o{i}"), "OPEN", 2, False)
+        book.apply_update(order(f"o{i}"), "CANCELED", 3, False)
+    assert len(book) == 0 and len(book.closed) == 100
+    assert list(book.closed) == [f"o{i}" for i in range(900, 1_000)]
+    # A replay of a remembered one is still ignored.
+    assert book.apply_update(order("o999"), "OPEN", 2, False) == []
+    book.closed.update(["o999", "x1"])  # restoring from a runner's state keeps the bound
+    assert len(book.closed) == 100 and "x1" in book.closed and "o900" not in book.closed
+
+
+def test_a_forgotten_closed_order_replayed_is_proposed_once_then_remembered_again():
+    """Why forgetting the oldest is safe: a replay re-emits the order's final
+    update right after its OPEN, so the loop the memory prevents ends after
+    one proposal (which the owner ignores: the order is closed)."""
+    book = TriggerBook(closed_capacity=1)
+    book.on_tick("AAA", Decimal("101"), T0)
+    for oid in ("old", "new"):  # "new" pushes "old" out
+        book.apply_update(order(oid), "OPEN", 2, False)
+        book.apply_update(order(oid), "EXECUTED", 3, False)
+    assert "old" not in book.closed
+    book.on_tick("AAA", Decimal("99"), T0)
+    replay = [("OPEN", 2), ("EXECUTED", 3)]
+    proposed = [p for status, seq in replay for p in book.apply_update(order("old"), status, seq, False)]
+    assert [p.order_id for p in proposed] == ["old"]
+    assert "old" in book.closed
+    # The owner's answer to that proposal replays it again: nothing more.
+    assert [p for status, seq in replay for p in book.apply_update(order("old"), status, seq, False)] == []
+    assert len(book) == 0
+
+
+def test_closed_orders_capacity_must_be_positive():
+    with pytest.raises(ValueError):
+        TriggerBook(closed_capacity=0)
+
+
+def test_orders_canceled_far_from_the_price_do_not_pile_up_in_the_heaps():
+    """Removed orders leave their heap entries behind until they surface; one
+    canceled far from the price never does, so sweeps keep the heaps within
+    twice the resting orders plus COMPACT_SLACK."""
+    book = TriggerBook()
+    book.on_tick("AAA", Decimal("100"), T0)
+    for i in range(20):  # resting for good
+        book.apply_update(order(f"keep{i}", limit="50"), "OPEN", 2, False)
+    close = T0 + timedelta(hours=6)
+    most = 0
+    for i in range(20_000):
+        day = order(f"o{i}", limit="50", expires_at=close)
+        book.apply_update(day, "OPEN", 2, False)
+        book.apply_update(day, "OPEN", 3, False)  # re-filed: its first entries are stale
+        book.apply_update(day, "CANCELED", 4, False)
+        most = max(most, book.heap_entries())
+    assert len(book) == 20
+    assert most <= 2 * (2 * 21 + COMPACT_SLACK)  # 21 resting at most, two heaps
+    # The live ones are all still there and proposed exactly once.
+    assert sorted(t.order_id for t in book.on_tick("AAA", Decimal("50"), T0)) == \
+        sorted(f"keep{i}" for i in range(20))
+    assert book.on_tick("AAA", Decimal("40"), T0) == [] and book.due(close) == []
