@@ -125,7 +125,8 @@ def measure(src: str, args: argparse.Namespace) -> dict:
                 f"{Path(args.profile).stem}-{Path(src).resolve().parent.name}")
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
                                     str(child.pid), "-r", "200", "-f", args.profile_format,
-                                    "-o", str(target)], stdout=subprocess.DEVNULL,
+                                    "-o", str(target), *(["--idle"] if args.profile_idle else [])],
+                                   stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         cpu_from, wall_from = cpu_seconds(child.pid), time.monotonic()
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the --src list")
     parser.add_argument("--profile", help="py-spy output path (one per --src)")
     parser.add_argument("--profile-format", default="flamegraph")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="sample waiting threads too (where the job waits for a lock)")
     parser.add_argument("--tmp", default=None, help="where the data dirs go")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
