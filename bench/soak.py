@@ -16,6 +16,9 @@ after each minute it samples:
 
 - resident memory (VmRSS) of `up` (HTTP, WebSocket, feed, ingestion) and of
   its job process (execution, triggers, persistence, chDB), and their sum;
+- chDB's own tracked memory in the job process (mocktrade_chdb_memory_bytes
+  {kind="tracked"} from `up`'s /metrics, sampled there once a minute), so a
+  growing job process tells chDB's share from the rest (Python, allocator);
 - open file descriptors of each (/proc/PID/fd);
 - order latency p50/p99 from the *scheduled* send (no coordinated omission);
 - accept->executed p99 (ledger orderTimestamp -> executionTimestamp) of the
@@ -41,6 +44,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -150,6 +154,18 @@ def rss_mb(pid: int) -> float:
         return float("nan")
 
 
+def chdb_tracked_mb(platform: Platform) -> float:
+    """chDB's tracked memory (every process that owns one), from `up`'s /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{platform.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return float("nan")
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("mocktrade_chdb_memory_bytes{") and 'kind="tracked"' in line]
+    return sum(values) / 2**20 if values else float("nan")
+
+
 def job_pid(platform: Platform) -> int:
     return int((platform.data_dir / "logs" / "jobs.pid").read_text())
 
@@ -161,6 +177,7 @@ COLUMNS = [  # key, header, format
     ("rss_up", "RSS up MB", "{:.1f}"),
     ("rss_jobs", "RSS jobs MB", "{:.1f}"),
     ("rss_sum", "RSS sum MB", "{:.1f}"),
+    ("chdb", "chDB tracked MB", "{:.1f}"),
     ("fds_up", "fds up", "{:.0f}"),
     ("fds_jobs", "fds jobs", "{:.0f}"),
     ("p50", "order p50 ms", "{:.2f}"),
@@ -256,6 +273,7 @@ async def run(args) -> int:
                 "push_p99": percentile(subs.take(), 0.99),
             }
             sample["rss_sum"] = sample["rss_up"] + sample["rss_jobs"]
+            sample["chdb"] = await asyncio.to_thread(chdb_tracked_mb, platform)
             samples.append(sample)
             print(f"minute {minute + 1}: " + ", ".join(
                 f"{h} {f.format(sample[k])}" for k, h, f in COLUMNS[1:])

@@ -227,3 +227,14 @@ def price_fanned_out(feed_timestamp: datetime) -> None:
 HTTP_SECONDS = Histogram("mocktrade_http_request_duration_seconds",
                          "HTTP requests, by method, route template and status",
                          ["method", "route", "status"], buckets=FAST_BUCKETS)
+
+
+# -- analytics (chDB, in the process that owns it: adapters/embedded/analytics.py)
+
+CHDB_MEMORY = Gauge("mocktrade_chdb_memory_bytes",
+                    "chDB's memory in this process, from its system.metrics, sampled about once "
+                    "a minute: kind=tracked (all it has allocated, caches included), or one of "
+                    "its caches", ["kind"])
+CHDB_PARTS = Gauge("mocktrade_chdb_parts",
+                   "Data parts of chDB's tables in this process: state=active, or outdated "
+                   "(merged away, not yet removed)", ["state"])
