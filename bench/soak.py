@@ -14,8 +14,10 @@ The load runs one minute at a time (a fresh loadgen per minute with that
 minute's unique keys, so a minute boundary has a gap of about a second), and
 after each minute it samples:
 
-- resident memory (VmRSS) of `up` (HTTP, WebSocket, feed, ingestion) and of
-  its job process (execution, triggers, persistence, chDB), and their sum;
+- resident memory (VmRSS) of `up` (HTTP, WebSocket, feed, ingestion), of
+  each of its job processes (DATA_DIR/logs/<name>.pid: `execution` runs the
+  execution and trigger jobs, `persistence` the persistence job and chDB),
+  the jobs' total and the sum of all;
 - chDB's own tracked memory in the job process (mocktrade_chdb_memory_bytes
   {kind="tracked"} from `up`'s /metrics, sampled there once a minute), so a
   growing job process tells chDB's share from the rest (Python, allocator);
@@ -166,20 +168,33 @@ def chdb_tracked_mb(platform: Platform) -> float:
     return sum(values) / 2**20 if values else float("nan")
 
 
-def job_pid(platform: Platform) -> int:
-    return int((platform.data_dir / "logs" / "jobs.pid").read_text())
+NAN = float("nan")
 
 
-COLUMNS = [  # key, header, format
-    ("minute", "min", "{:.0f}"),
-    ("rate", "orders/s", "{:.0f}"),
-    ("non202", "non-202", "{:.0f}"),
-    ("rss_up", "RSS up MB", "{:.1f}"),
-    ("rss_jobs", "RSS jobs MB", "{:.1f}"),
-    ("rss_sum", "RSS sum MB", "{:.1f}"),
-    ("chdb", "chDB tracked MB", "{:.1f}"),
-    ("fds_up", "fds up", "{:.0f}"),
-    ("fds_jobs", "fds jobs", "{:.0f}"),
+def job_pids(platform: Platform) -> dict[str, int]:
+    """`up`'s job processes by name, from their pid files (read again every
+    minute: a job process that died is restarted under a new pid)."""
+    return {path.stem: int(path.read_text())
+            for path in sorted((platform.data_dir / "logs").glob("*.pid"))}
+
+
+def columns(jobs: list[str]) -> list[tuple[str, str, str]]:
+    """key, header, format of each figure; a memory and an fds column per job process."""
+    return [
+        ("minute", "min", "{:.0f}"),
+        ("rate", "orders/s", "{:.0f}"),
+        ("non202", "non-202", "{:.0f}"),
+        ("rss_up", "RSS up MB", "{:.1f}"),
+        *[(f"rss_{name}", f"RSS {name} MB", "{:.1f}") for name in jobs],
+        ("rss_jobs", "RSS jobs MB", "{:.1f}"),
+        ("rss_sum", "RSS sum MB", "{:.1f}"),
+        ("chdb", "chDB tracked MB", "{:.1f}"),
+        ("fds_up", "fds up", "{:.0f}"),
+        *[(f"fds_{name}", f"fds {name}", "{:.0f}") for name in jobs],
+    ] + COLUMNS_LATENCY
+
+
+COLUMNS_LATENCY = [
     ("p50", "order p50 ms", "{:.2f}"),
     ("p99", "order p99 ms", "{:.2f}"),
     ("exec_p99", "accept->executed p99 ms", "{:.2f}"),
@@ -189,7 +204,8 @@ COLUMNS = [  # key, header, format
 
 def slope_per_hour(samples: list[dict], key: str) -> float:
     """Least-squares slope of `key` against time, in units per hour."""
-    points = [(s["t"] / 3600, s[key]) for s in samples if s[key] == s[key]]  # drop NaN
+    points = [(s["t"] / 3600, s.get(key, NAN)) for s in samples
+              if s.get(key, NAN) == s.get(key, NAN)]  # drop NaN
     if len(points) < 2:
         return float("nan")
     mean_t = sum(t for t, _ in points) / len(points)
@@ -198,20 +214,21 @@ def slope_per_hour(samples: list[dict], key: str) -> float:
     return sum((t - mean_t) * (y - mean_y) for t, y in points) / var if var else float("nan")
 
 
-def table(samples: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
+def table(samples: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |",
+             "|" + "---|" * len(cols)]
     for s in samples:
-        lines.append("| " + " | ".join(f.format(s[k]) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(f.format(s.get(k, NAN)) for k, _, f in cols) + " |")
     return "\n".join(lines)
 
 
-def slopes(samples: list[dict]) -> str:
+def slopes(samples: list[dict], cols: list[tuple[str, str, str]]) -> str:
     fitted = samples[1:] if len(samples) > 2 else samples
     lines = ["| metric | slope per hour | first | last |", "|---|---|---|---|"]
-    for key, header, fmt in COLUMNS[1:]:
+    for key, header, fmt in cols[1:]:
         lines.append(f"| {header} | {slope_per_hour(fitted, key):+.3f} | "
-                     f"{fmt.format(samples[0][key])} | {fmt.format(samples[-1][key])} |")
+                     f"{fmt.format(samples[0].get(key, NAN))} | "
+                     f"{fmt.format(samples[-1].get(key, NAN))} |")
     return "\n".join(lines)
 
 
@@ -229,8 +246,9 @@ async def run(args) -> int:
         platform.start()
         platform.wait_for_prices(len(symbols))
         await asyncio.to_thread(order_bench.prime, platform, people, min(args.connections, 32))
-        pids = {"up": platform.pid, "jobs": job_pid(platform)}
-        print(f"up pid {pids['up']}, job process pid {pids['jobs']}; data dir {platform.data_dir}",
+        jobs = job_pids(platform)
+        cols = columns(list(jobs))
+        print(f"up pid {platform.pid}, job processes {jobs}; data dir {platform.data_dir}",
               flush=True)
 
         subs = Subscribers()
@@ -261,22 +279,24 @@ async def run(args) -> int:
             accepted += ids
             latencies = all_latencies(result)
             executed = await asyncio.to_thread(ledger_rows, platform, ids)
-            pids["jobs"] = job_pid(platform)  # the job process is restarted if it dies
+            jobs = job_pids(platform)
             sample = {
                 "minute": minute + 1, "t": time.monotonic() - started,
                 "rate": completed(result) / max(result["elapsed"], 1e-9),
                 "non202": completed(result) - completed(result, "202") + result["errors"],
-                "rss_up": rss_mb(pids["up"]), "rss_jobs": rss_mb(pids["jobs"]),
-                "fds_up": open_files(pids["up"]), "fds_jobs": open_files(pids["jobs"]),
+                "rss_up": rss_mb(platform.pid), "fds_up": open_files(platform.pid),
                 "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
                 "exec_p99": percentile(accept_to_executed_ms(executed), 0.99),
                 "push_p99": percentile(subs.take(), 0.99),
             }
+            for name, pid in jobs.items():
+                sample[f"rss_{name}"], sample[f"fds_{name}"] = rss_mb(pid), open_files(pid)
+            sample["rss_jobs"] = sum(sample[f"rss_{name}"] for name in jobs)
             sample["rss_sum"] = sample["rss_up"] + sample["rss_jobs"]
             sample["chdb"] = await asyncio.to_thread(chdb_tracked_mb, platform)
             samples.append(sample)
             print(f"minute {minute + 1}: " + ", ".join(
-                f"{h} {f.format(sample[k])}" for k, h, f in COLUMNS[1:])
+                f"{h} {f.format(sample.get(k, NAN))}" for k, h, f in cols[1:])
                 + f" [{status_line(result)}]", flush=True)
 
         subs.stop.set()
@@ -292,9 +312,9 @@ async def run(args) -> int:
             capture_output=True, text=True, timeout=600)
 
         print("\n## Soak samples (one row per minute)\n")
-        print(table(samples))
+        print(table(samples, cols))
         print("\n## Slopes (least squares over minutes 2..N, per hour)\n")
-        print(slopes(samples))
+        print(slopes(samples, cols))
         print(f"\naccepted (202): {len(accepted)}; final outcomes in the ledger: {len(rows)} "
               f"{outcomes}; accepted without an outcome: {lost}; drained {drain:.1f} s after "
               f"the load ({drained_orders} orders in the log)")
