@@ -32,6 +32,7 @@ from ..domain.model import Order, OrderType, Side, TimeInForce, utc_now
 from ..domain.money import MAX_CASH, AmountError, fmt, parse_cash, parse_price, parse_quantity
 from ..ports import (DependencyUnavailable, EventLog, IdempotencyStore, OrderQuery,
                      PortfolioStore, PriceCache)
+from .order_ids import new_order_id
 
 log = logging.getLogger("mocktrade.orders")
 
@@ -192,7 +193,7 @@ class OrderService:
     async def _place_new(self, user_id: str, request: OrderRequest,
                          trace_context: Mapping[str, str] | None, order_id: str | None = None
                          ) -> AcceptedOrder:
-        order = self._order(order_id or str(uuid.uuid4()), user_id, request)
+        order = self._order(order_id or new_order_id(), user_id, request)
         await self._validate(order)
         if order.client_order_id is not None:
             order = await self._claim_client_order_id(order, request.fingerprint())
@@ -212,7 +213,7 @@ class OrderService:
             Declined.loads(earlier.decline).raise_again()
         if earlier is not None and earlier.published:
             return AcceptedOrder(earlier.order_id, replayed=True)
-        order = self._order(earlier.order_id if earlier else str(uuid.uuid4()), user_id, request)
+        order = self._order(earlier.order_id if earlier else new_order_id(), user_id, request)
         try:
             await self._validate(order)
         except (rules.InsufficientFunds, rules.InsufficientShares) as exc:
