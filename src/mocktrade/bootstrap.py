@@ -479,8 +479,12 @@ def embedded_platform(settings: Settings, jobs_apart: bool = True) -> Process:
         from .job_process import JobProcess
         from .portcheck import free_port
 
-        children = [JobProcess(name, jobs, settings.data_dir, free_port(settings.host), settings.host)
-                    for name, jobs in EMBEDDED_JOB_PROCESSES.items()]
+        ports: list[int] = []
+        while len(ports) < len(EMBEDDED_JOB_PROCESSES):  # two asks may get one port: not twice
+            if (port := free_port(settings.host)) not in ports:
+                ports.append(port)
+        children = [JobProcess(name, jobs, settings.data_dir, port, settings.host)
+                    for (name, jobs), port in zip(EMBEDDED_JOB_PROCESSES.items(), ports)]
         # Analytics questions go to the child that owns chDB.
         owner = next(child for child in children if "persistence" in child.jobs)
         settings = settings.with_overrides(analytics_url=owner.url)
