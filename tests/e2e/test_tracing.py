@@ -1,5 +1,5 @@
 """One trace per order across real processes: `mocktrade up` (the HTTP process
-and the job process beside it) and `up --distributed` (a process per service
+and its two job processes) and `up --distributed` (a process per service
 and job, real Kafka between them). Every process appends its finished spans
 to one JSON-lines file (MOCKTRADE_TRACE_FILE, the SDK's span data, written by
 mocktrade.tracing.JsonLinesSpanExporter)."""
