@@ -28,13 +28,15 @@ from ..domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_ORDE
                              EventDecodeError, decode_envelope, decode_market_data,
                              OrderUpdate, decode_order_update, encode_order_command)
 from ..domain.lifecycle import Instruction, OrderStatus
-from ..domain.model import utc_now
+from ..domain.model import OrderType, utc_now
 from ..domain.triggers import TriggerBook
 from ..ports import EventLog, LogRecord, PortfolioStore
 from .deadletter import dead_letter
 from .runner import run_consumer
 
 log = logging.getLogger("mocktrade.triggers")
+
+_MARKET = OrderType.MARKET.value
 
 SOURCE = "trade-triggers"
 TRIGGER_GROUP = "trade-triggers"
@@ -84,7 +86,15 @@ class TriggerHandler:
     async def handle_updates(self, records: Sequence[LogRecord]) -> None:
         for record in records:
             try:
-                update = decode_order_update(decode_envelope(record.value).payload)
+                payload = decode_envelope(record.value).payload
+                if payload.get("type", _MARKET) == _MARKET:
+                    # Most updates are of market orders (no "type" field, or
+                    # MARKET), which the book ignores (TriggerBook.apply_update):
+                    # decoding them into orders was 6-16% of the execution
+                    # process's CPU.
+                    self.stats.updates += 1
+                    continue
+                update = decode_order_update(payload)
             except EventDecodeError as exc:
                 await dead_letter(self._log, record, str(exc))
                 self.stats.dead_lettered += 1
