@@ -55,7 +55,7 @@ from ...domain.events import (TOPIC_TRADE_EXECUTED, TOPIC_TRADE_ORDERS, EventDec
                               encode_order_command, encode_order_update, format_time, parse_time,
                               trade_order_payload)
 from ...domain.lifecycle import OrderStatus
-from ...domain.triggers import TriggerBook
+from ...domain.triggers import ClosedOrders, TriggerBook
 from ...ports import LogRecord
 from ..deadletter import dead_letter_headers, dead_letter_topic
 from ..outbox import OutboundRecord, Outbox
@@ -203,7 +203,7 @@ def _resting_entry(update) -> str:
                          "stopTriggered": update.stop_triggered}).decode()
 
 
-def _closed_orders(book: TriggerBook) -> set[str]:
+def _closed_orders(book: TriggerBook) -> ClosedOrders:
     """The orders the book has seen final, kept in keyed state beside the
     resting orders."""
     return book.closed
