@@ -70,8 +70,12 @@ def _uuid5(namespace: bytes, name: str) -> str:
     digest = bytearray(hashlib.sha1(namespace + name.encode(), usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_text(digest.hex())
+
+
+def uuid_text(hex32: str) -> str:
+    """32 hex digits in a UUID's canonical 8-4-4-4-12 form (what str(UUID) gives)."""
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
 
 
 def parse_time(value: object, what: str) -> datetime:

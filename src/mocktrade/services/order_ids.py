@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..domain.events import uuid_text
+
 _RAND_A_BITS, _RAND_B_BITS = 12, 62
 
 
@@ -27,5 +29,4 @@ def new_order_id(now_ns: int | None = None) -> str:
              | (rand >> 68) << 64                          # rand_a, 12 bits
              | 0b10 << 62                                  # the RFC 4122/9562 variant
              | rand & ((1 << _RAND_B_BITS) - 1))           # rand_b, 62 bits
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return uuid_text(f"{value:032x}")
