@@ -42,6 +42,13 @@ CLOSED_ORDERS_KEPT = 100_000
 COMPACT_SLACK = 1024
 
 
+def never_rests(order_type: OrderType | str | None) -> bool:
+    """A market order never rests, so the book has nothing to learn from its
+    updates. Takes the enum or an update payload's "type" (absent: MARKET),
+    so a job can skip an update before decoding it."""
+    return order_type is None or order_type == OrderType.MARKET.value
+
+
 class ClosedOrders:
     """The ids of resting orders seen final, the newest `capacity` of them.
 
@@ -161,7 +168,7 @@ class TriggerBook:
         """Learn an order's new status; an OPEN order crossed by the last tick
         already seen of its symbol is proposed at once (no tick is missed
         between the owner's decision and the book learning of it)."""
-        if order.order_type is OrderType.MARKET:
+        if never_rests(order.order_type):
             # Never rests, so never filed, and no news of it can file it:
             # nothing to remember when it closes (the bulk of all orders).
             return []

@@ -28,15 +28,13 @@ from ..domain.events import (TOPIC_MARKET_DATA, TOPIC_ORDER_COMMANDS, TOPIC_ORDE
                              EventDecodeError, decode_envelope, decode_market_data,
                              OrderUpdate, decode_order_update, encode_order_command)
 from ..domain.lifecycle import Instruction, OrderStatus
-from ..domain.model import OrderType, utc_now
-from ..domain.triggers import TriggerBook
+from ..domain.model import utc_now
+from ..domain.triggers import TriggerBook, never_rests
 from ..ports import EventLog, LogRecord, PortfolioStore
 from .deadletter import dead_letter
 from .runner import run_consumer
 
 log = logging.getLogger("mocktrade.triggers")
-
-_MARKET = OrderType.MARKET.value
 
 SOURCE = "trade-triggers"
 TRIGGER_GROUP = "trade-triggers"
@@ -87,7 +85,7 @@ class TriggerHandler:
         for record in records:
             try:
                 payload = decode_envelope(record.value).payload
-                if payload.get("type", _MARKET) == _MARKET:
+                if never_rests(payload.get("type")):
                     # Most updates are of market orders (no "type" field, or
                     # MARKET), which the book ignores (TriggerBook.apply_update):
                     # decoding them into orders was 6-16% of the execution
