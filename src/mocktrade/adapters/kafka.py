@@ -40,11 +40,20 @@ the heartbeat: 1 s, session 10 s). `group_protocol="consumer"` selects KIP-848
 instead; there the broker sets the heartbeat (5 s by default) and a member
 of a topic created moments earlier can wait one heartbeat for partitions.
 Auto commit is off: `commit` stores, per partition, the offset after the
-highest record given, synchronously, and never moves a partition back.
-Uncommitted records are delivered again after a restart or a rebalance
-(at-least-once), which the idempotent handlers make harmless; so a commit the
-cluster refuses (partitions lost to a rebalance, coordinator unreachable) is
-logged, not raised: its records simply come again. A librdkafka consumer is
+highest record given, and never moves a partition back. It returns once the
+group coordinator has answered, or after `delivery_timeout` without an
+answer. Uncommitted records are delivered again after a restart or a
+rebalance (at-least-once), which the idempotent handlers make harmless; so a
+commit the cluster refuses (partitions lost to a rebalance, coordinator
+unreachable) or leaves unanswered is logged, not raised: its records simply
+come again. The commit is sent asynchronously and the member keeps polling
+while it waits (records fetched meanwhile are kept for the next poll):
+librdkafka's synchronous commit has no time limit, and while it waits, the
+one thread that polls cannot serve the rebalance a restarted broker asks
+for, so the group drops the member and its partitions stop. That is how a
+persistence member stopped for good after a broker restart in a CI run
+(stop 10): every event it missed was in Kafka, uncommitted, and no member
+held its partitions. A librdkafka consumer is
 not meant to be shared between threads, so each consumer owns one worker
 thread that makes all its calls; a poll returns as soon as one record is
 there, with whatever else is already fetched (up to max_records).
@@ -347,7 +356,7 @@ class KafkaEventLog:
         self._consumers.add(consumer)
         return consumer
 
-    def _consumer_config(self, group: str, reset: str) -> dict:
+    def _consumer_config(self, group: str, reset: str, on_commit=None) -> dict:
         config = {
             "bootstrap.servers": self.bootstrap,
             "client.id": self._client_id,
@@ -360,6 +369,8 @@ class KafkaEventLog:
             "logger": client_log,
             "error_cb": _log_client_error,
         }
+        if on_commit is not None:
+            config["on_commit"] = on_commit
         if self._group_protocol == "classic":
             # The new protocol keeps these on the broker.
             config.update({"partition.assignment.strategy": "cooperative-sticky",
@@ -461,6 +472,9 @@ class KafkaLogConsumer:
         # Records a cancelled poll had already taken; the next poll returns them first.
         self._pending: list[LogRecord] = []
         self._committed: dict[int, int] = {}
+        # Per partition, the highest offset a commit answer (either way) has
+        # come back for: what a waiting commit looks for.
+        self._answered: dict[int, int] = {}
         # Join the group now; the first poll finds it (nearly) done.
         self._worker.submit(self._subscribe_quietly)
 
@@ -478,7 +492,8 @@ class KafkaLogConsumer:
             return
         self._log.ensure_topic_blocking(self._name)
         if self._consumer is None:
-            self._consumer = Consumer(self._log._consumer_config(self._group, self._reset))
+            self._consumer = Consumer(self._log._consumer_config(self._group, self._reset,
+                                                                 self._on_commit))
         self._consumer.subscribe([self._name], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._subscribed = True
@@ -513,8 +528,12 @@ class KafkaLogConsumer:
             "topic": self._name, "partitions": [(tp.partition, tp.offset) for tp in start]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._behind.pop(tp.partition, None)
+        gone = {tp.partition for tp in partitions}
+        for partition in gone:
+            self._behind.pop(partition, None)
+        # Records kept from a poll made while a commit waited: their
+        # partitions now belong to another member, which reads them again.
+        self._pending = [r for r in self._pending if r.partition not in gone]
 
     def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]
                          ) -> tuple[list[TopicPartition], dict[int, int]]:
@@ -672,19 +691,33 @@ class KafkaLogConsumer:
         return lags
 
     def _commit_blocking(self, offsets: list[TopicPartition]) -> None:
+        """Send the commit, then poll until it is answered or the delivery
+        timeout passes (see the module docstring for why not synchronously)."""
         try:
-            results = self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            # Lost the partitions to a rebalance, or the cluster is down: the
-            # records will be delivered again (to this member or another),
-            # which at-least-once allows; raising would only stop the consumer.
-            error = exc.args[0]
-            if error.code() in _LOST_OWNERSHIP or error.code() in _UNAVAILABLE or error.retriable():
-                log.warning("kafka commit failed, its records will be delivered again: %s",
-                            error.str(), extra={"topic": self._name})
+            self._commit_failed(exc.args[0])
+            return
+        deadline = time.monotonic() + self._log._delivery_timeout
+        while not self._closing and any(self._answered.get(tp.partition, -1) < tp.offset
+                                        for tp in offsets):
+            if time.monotonic() >= deadline:
+                log.warning("kafka commit not answered in time, its records may be delivered "
+                            "again", extra={"topic": self._name,
+                                            "partitions": [tp.partition for tp in offsets]})
                 return
-            raise
-        for tp in results or offsets:
+            fetched: list[LogRecord] = []
+            self._take(self._consumer.poll(POLL_SLICE), fetched)
+            self._pending.extend(fetched)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition] | None) -> None:
+        """librdkafka's answer to a commit, served by a poll on the worker thread."""
+        for tp in partitions or ():
+            self._answered[tp.partition] = max(self._answered.get(tp.partition, -1), tp.offset)
+        if error is not None:
+            self._commit_failed(error)
+            return
+        for tp in partitions or ():
             if tp.error is None:
                 self._committed[tp.partition] = max(self._committed.get(tp.partition, -1),
                                                     tp.offset)
@@ -692,6 +725,16 @@ class KafkaLogConsumer:
                 log.warning("kafka commit refused for a partition",
                             extra={"topic": self._name, "partition": tp.partition,
                                    "reason": tp.error.str()})
+
+    def _commit_failed(self, error: KafkaError) -> None:
+        # Lost the partitions to a rebalance, or the cluster is down: the
+        # records will be delivered again (to this member or another), which
+        # at-least-once allows; raising would only stop the consumer.
+        if error.code() in _LOST_OWNERSHIP or error.code() in _UNAVAILABLE or error.retriable():
+            log.warning("kafka commit failed, its records will be delivered again: %s",
+                        error.str(), extra={"topic": self._name})
+            return
+        raise KafkaException(error)
 
     # -- closing ----------------------------------------------------------
 
