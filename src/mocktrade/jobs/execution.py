@@ -13,6 +13,7 @@ hands back the same events, with the same eventIds, to publish again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -102,14 +103,18 @@ class ExecutionHandler:
         return step.outcomes[-1] if step.outcomes else None
 
     async def _publish(self, outbound: dict[str, list]) -> None:
-        """One batch per topic, one topic after the other. Publishing both
-        topics at once (one embedded transaction instead of two) was tried in
-        stop 10 and taken back: in that CI run a Kafka broker restart under
-        load left the trade_executed events of an 8-second window out of
-        history (tests/e2e/test_distributed.py), and until that is understood
-        the sequential order, which had always passed it, stays."""
-        for topic, batch in outbound.items():
-            await self._log.publish_many(topic, batch)
+        """Every topic's batch at once: the embedded log writes appends that
+        wait together in one transaction (order_updates and trade_executed:
+        one commit per execution batch, not two), Kafka has both in flight.
+        Each key keeps its order within its topic; no order across topics is
+        promised. Every publish is waited for before a failure is raised, so
+        a retried batch never races a publish still in flight."""
+        results = await asyncio.gather(*(self._log.publish_many(topic, batch)
+                                         for topic, batch in outbound.items()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _decode(self, record: LogRecord) -> Instruction | None:
         try:
