@@ -5,7 +5,6 @@ document and health endpoints."""
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from time import perf_counter
@@ -29,6 +28,7 @@ from .auth import TokenIssuer, TokenThrottled, Unauthorized
 from .client_address import ClientAddress
 from .edge import Edge
 from . import schemas
+from .ids import new_traceparent
 from .http import ApiError, JsonResponse, parse_body, parse_optional_body, validation_error
 from .limits import MAX_BODY_BYTES, RequestLimits
 from . import metrics_http
@@ -103,7 +103,7 @@ def _trace_context(traceparent: str | None) -> dict[str, str]:
     """W3C trace context: keep the caller's, or start a trace here."""
     if traceparent:
         return {"traceparent": traceparent}
-    return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+    return {"traceparent": new_traceparent()}
 
 
 class _BearerHeader(HTTPBearer):

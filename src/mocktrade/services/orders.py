@@ -32,7 +32,7 @@ from ..domain.model import Order, OrderType, Side, TimeInForce, utc_now
 from ..domain.money import MAX_CASH, AmountError, fmt, parse_cash, parse_price, parse_quantity
 from ..ports import (DependencyUnavailable, EventLog, IdempotencyStore, OrderQuery,
                      PortfolioStore, PriceCache)
-from .order_ids import new_order_id
+from .ids import new_event_id, new_order_id
 
 log = logging.getLogger("mocktrade.orders")
 
@@ -305,7 +305,8 @@ class OrderService:
                               TOPIC_TRADE_ORDERS, order.user_id,
                               **tracing.order_attributes(order.order_id, order.user_id))) as span:
             context = tracing.carrier(span, trace_context)
-            value = encode(SOURCE, trade_order_payload(order), trace_context=context)
+            value = encode(SOURCE, trade_order_payload(order), event_id=new_event_id(),
+                           trace_context=context)
             await self._log.publish(TOPIC_TRADE_ORDERS, order.user_id, value, context)
         log.debug("order accepted", extra={"orderId": order.order_id, "userId": order.user_id,
                                           "traceId": context.get("traceparent")})
