@@ -13,7 +13,7 @@ import random
 from typing import Awaitable, Callable, Literal, Sequence
 
 from .. import metrics
-from ..ports import DependencyUnavailable, EventLog, LogRecord
+from ..ports import DependencyUnavailable, EventLog, LogConsumer, LogRecord
 
 log = logging.getLogger("mocktrade.runner")
 
@@ -24,15 +24,19 @@ async def run_consumer(event_log: EventLog, topic: str, group: str, handler: Han
                        max_records: int = 500, poll_timeout: float = 0.5,
                        reset: Literal["earliest", "latest"] = "earliest",
                        stop: asyncio.Event | None = None, commit: bool = True,
-                       linger: float = 0.0) -> None:
+                       linger: float = 0.0, consumer: LogConsumer | None = None,
+                       until: Callable[[], bool] | None = None) -> None:
     """`commit=False`: a reader that rebuilds state from the log on every start
     (and so must leave no committed group behind). `linger`: after the first
     record, keep gathering for this long (or up to `max_records`) before
-    handling, for handlers whose cost is per batch rather than per record."""
-    consumer = event_log.consumer(topic, group, reset=reset)
+    handling, for handlers whose cost is per batch rather than per record.
+    `consumer`: one the caller opened already (its position is set when it
+    is opened); closed here at the end either way. `until`: asked before
+    every poll; True ends the loop as `stop` does."""
+    consumer = consumer or event_log.consumer(topic, group, reset=reset)
     meter = metrics.ConsumerMeter(group, topic)
     try:
-        while stop is None or not stop.is_set():
+        while (stop is None or not stop.is_set()) and (until is None or not until()):
             records = await consumer.poll(max_records, poll_timeout)
             await meter.sample_lag(consumer)  # a clock check; a look every few seconds
             if not records:
