@@ -41,10 +41,10 @@ from decimal import Decimal
 from typing import Iterable
 
 import orjson
-from pyflink.common import Row, Types
+from pyflink.common import Row, Time, Types
 from pyflink.datastream import (FlatMapFunction, KeyedCoProcessFunction, KeyedProcessFunction, OutputTag,
                                 RuntimeContext)
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
@@ -209,6 +209,24 @@ def _closed_orders(book: TriggerBook) -> ClosedOrders:
     return book.closed
 
 
+# How long the keyed state remembers an order seen final. The embedded book
+# keeps the newest CLOSED_ORDERS_KEPT ids instead (ClosedOrders says why
+# forgetting is safe); keyed state is per symbol, where a time bound is what
+# Flink offers. Stale news only comes from a replay of the owner, minutes
+# after the fact at most; without a bound the state grew by one entry per
+# limit or stop order for the life of the job.
+CLOSED_ORDERS_TTL = Time.days(1)
+
+
+def _closed_orders_ttl() -> StateTtlConfig:
+    return (StateTtlConfig.new_builder(CLOSED_ORDERS_TTL)
+            .update_ttl_on_create_and_write()
+            .never_return_expired()
+            .cleanup_full_snapshot()
+            .cleanup_incrementally(10, False)
+            .build())
+
+
 def _expiry_ms(moment: datetime) -> int:
     """A timer at or after `moment` (an EXPIRE's `at` must not precede expires_at)."""
     return math.ceil(moment.timestamp() * 1000)
@@ -281,8 +299,12 @@ class TriggerOrders(KeyedCoProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.orders = runtime_context.get_map_state(
             MapStateDescriptor("resting-orders", Types.STRING(), Types.STRING()))
-        self.closed = runtime_context.get_map_state(
-            MapStateDescriptor("closed-orders", Types.STRING(), Types.BOOLEAN()))
+        # A new name: state restored from a checkpoint of the unbounded
+        # "closed-orders" cannot take a TTL (Flink refuses the migration);
+        # starting this one empty forgets closed ids, which is safe.
+        closed = MapStateDescriptor("closed-orders-ttl", Types.STRING(), Types.BOOLEAN())
+        closed.enable_time_to_live(_closed_orders_ttl())
+        self.closed = runtime_context.get_map_state(closed)
         self.last_tick = runtime_context.get_state(ValueStateDescriptor("last-tick", Types.STRING()))
         self.books: dict[str, TriggerBook] = {}  # a cache of the state, per symbol
         metrics = runtime_context.get_metrics_group()
