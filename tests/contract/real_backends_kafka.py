@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 
 from mocktrade.adapters.kafka import KafkaEventLog
 
@@ -36,7 +37,7 @@ def kafka_event_log(location: str) -> KafkaEventLog:
 
 
 def _delete_namespaces(bootstrap: str) -> None:
-    if os.getpid() != _owner_pid or not _namespaces:
+    if os.getpid() != _owner_pid or not _namespaces or not _answers(bootstrap):
         return
     from confluent_kafka.admin import AdminClient
 
@@ -54,3 +55,15 @@ def _delete_namespaces(bootstrap: str) -> None:
                 future.exception(timeout=15)
     except Exception:  # noqa: BLE001 - cleanup of a shared dev broker, never fatal
         pass
+
+
+def _answers(bootstrap: str) -> bool:
+    """Whether the broker still listens. At exit the session's stack has
+    usually stopped it already, and an admin client made then only logs
+    refused connections, several a second, until the interpreter is gone."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except (OSError, ValueError):
+        return False
