@@ -370,7 +370,8 @@ def _add_feed(p: Process) -> None:
 def _add_ingestion(p: Process) -> None:
     from .services.ingestion import IngestionService
 
-    p.background("ingestion", IngestionService(feed_url(p.resources.settings), p.resources.event_log).run)
+    p.background("ingestion", IngestionService(feed_url(p.resources.settings), p.resources.event_log,
+                                               prices=p.resources.prices).run)
 
 
 def add_analytics_owner(p: Process) -> None:

@@ -314,6 +314,44 @@ async def test_ingestion_skips_malformed_ticks_and_reconnects(tmp_path):
     assert decode_envelope(records[0].value).source_service == "ingestion"
 
 
+async def test_a_restarted_ingestion_never_records_a_tick_before_the_last_price(tmp_path):
+    """The feed clock resumes from the price cache: a feed lagging 20 s
+    (inside the skew window) right after ingestion restarts must not record
+    a tick before the price the platform already has."""
+    from datetime import datetime, timedelta, timezone
+
+    from mocktrade.domain.model import PriceTick
+
+    last = datetime.now(timezone.utc).replace(microsecond=0)
+    lagging_us = int((last - timedelta(seconds=20)).timestamp() * 1_000_000)
+
+    async def exchange(ws):
+        await ws.send(f'[{{"type":"tick","s":"MOCKAAA","p":"11.0000","t":{lagging_us}}}]')
+        await ws.wait_closed()
+
+    event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
+    prices = EmbeddedPriceCache(tmp_path / "prices.sqlite3")
+    await prices.set_price(PriceTick("MOCKAAA", Decimal("10.0000"), last))
+    async with websockets.serve(exchange, "127.0.0.1", 0) as feed_server:
+        port = feed_server.sockets[0].getsockname()[1]
+        ingestion = IngestionService(f"ws://127.0.0.1:{port}/", event_log, prices=prices)
+        task = asyncio.create_task(ingestion.run())
+        try:
+            deadline = time.monotonic() + 10
+            while ingestion.ticks_published < 1:
+                assert time.monotonic() < deadline, ingestion.stats()
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    [record] = await event_log.consumer(TOPIC_MARKET_DATA, "test").poll(10, 1)
+    await prices.close()
+    await event_log.close()
+    tick = decode_market_data(decode_envelope(record.value).payload)
+    assert tick.price == Decimal("11.0000") and tick.timestamp > last
+    assert ingestion.stats()["orderCorrected"] == 1
+
+
 async def test_undecodable_market_data_is_dead_lettered_on_the_embedded_log(tmp_path):
     event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
     prices = EmbeddedPriceCache(tmp_path / "prices.sqlite3")

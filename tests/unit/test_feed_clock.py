@@ -90,3 +90,30 @@ def test_a_forward_jump_never_records_a_tick_after_a_session_close_not_yet_reach
 def test_naive_times_are_refused():
     with pytest.raises(ValueError):
         stamp(datetime(2026, 1, 1), T0, None)
+
+
+@given(ticks, ticks)
+def test_a_restarted_clock_resumed_from_the_last_times_keeps_them_increasing(before, after):
+    """Ingestion restarts between `before` and `after`; the new clock resumes
+    from what the first one recorded last (the price cache's latest ticks)."""
+    first, now, last = FeedClock(), T0, {}
+    for symbol, advance, error in before:
+        now += advance
+        last[symbol] = first.stamp(symbol, now + error, now).time
+    second = FeedClock()
+    second.resume(dict(last))
+    for symbol, advance, error in after:
+        now += advance
+        result = second.stamp(symbol, now + error, now)
+        assert symbol not in last or result.time > last[symbol]
+        last[symbol] = result.time
+
+
+def test_resume_never_moves_a_symbol_back_and_refuses_naive_times():
+    clock = FeedClock()
+    recorded = clock.stamp("A", T0, T0).time
+    clock.resume({"A": T0 - HOUR, "B": T0})
+    assert clock.stamp("A", T0 - timedelta(seconds=1), T0).time == recorded + STEP
+    assert clock.stamp("B", T0 - timedelta(seconds=1), T0).correction is Correction.ORDER
+    with pytest.raises(ValueError):
+        clock.resume({"C": datetime(2026, 12, 1)})

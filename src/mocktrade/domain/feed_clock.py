@@ -22,6 +22,11 @@ handlers do with vendor times:
 
 Nothing is dropped: prices keep flowing while the feed's clock is wrong, and
 each correction is counted so an operator sees the bad clock.
+
+The order rule holds across restarts of ingestion too: a new FeedClock
+resumes from the last recorded times (the price cache's latest tick per
+symbol), else the first tick of each symbol after a restart could be
+recorded up to MAX_BEHIND before the last one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Mapping
 
 MAX_AHEAD = timedelta(seconds=5)
 MAX_BEHIND = timedelta(seconds=60)
@@ -68,6 +74,14 @@ class FeedClock:
         self.max_ahead, self.max_behind = max_ahead, max_behind
         self._last: dict[str, datetime] = {}
         self.corrections = {Correction.CLOCK: 0, Correction.ORDER: 0}
+
+    def resume(self, last: Mapping[str, datetime]) -> None:
+        """Carry on from times recorded before (never moving a symbol's back)."""
+        for symbol, time in last.items():
+            if time.tzinfo is None:
+                raise ValueError("naive datetime; all times are UTC")
+            if symbol not in self._last or self._last[symbol] < time:
+                self._last[symbol] = time
 
     def stamp(self, symbol: str, feed_time: datetime, now: datetime) -> Stamp:
         result = stamp(feed_time, now, self._last.get(symbol), self.max_ahead, self.max_behind)

@@ -38,7 +38,7 @@ from ..domain.events import TOPIC_MARKET_DATA, encode, market_data_payload
 from ..domain.feed_clock import Correction, FeedClock
 from ..domain.model import PriceTick, utc_now
 from ..feed.parsers import FeedFormatError, parse_events, parse_tick
-from ..ports import DependencyUnavailable, EventLog
+from ..ports import DependencyUnavailable, EventLog, PriceCache
 
 SOURCE_SERVICE = "ingestion"
 
@@ -49,9 +49,11 @@ class IngestionService:
     def __init__(self, feed_url: str, event_log: EventLog, *, initial_backoff: float = 0.1,
                  max_backoff: float = 5.0, stale_after: float = 30.0,
                  max_waiting: int = 100_000, max_batch: int = 5_000,
-                 publish_timeout: float = 30.0):
+                 publish_timeout: float = 30.0, prices: PriceCache | None = None):
+        """`prices`: where the feed clock resumes from (the latest tick per symbol)."""
         self.feed_url = feed_url
         self._event_log = event_log
+        self._prices = prices
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
         # Ticks read but not yet published, oldest first: 20 s at 5,000 ticks/s.
@@ -89,6 +91,7 @@ class IngestionService:
         than an unavailable feed or log (a bad feed URL, a record the log
         refuses): then the other task is stopped too.
         """
+        await self._resume_clock()
         tasks = [asyncio.create_task(self._read_feed(), name="ingestion-read"),
                  asyncio.create_task(self._publish_waiting(), name="ingestion-publish")]
         try:
@@ -99,6 +102,19 @@ class IngestionService:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _resume_clock(self) -> None:
+        """The feed clock carries on from the price cache's latest ticks (see
+        domain/feed_clock.py); if the cache cannot say, ingestion starts anyway."""
+        if self._prices is None:
+            return
+        try:
+            async with asyncio.timeout(5):
+                latest = await self._prices.all_prices()
+        except (DependencyUnavailable, TimeoutError, OSError) as exc:
+            log.warning("feed clock not resumed from the price cache", extra={"reason": repr(exc)})
+            return
+        self.clock.resume({symbol: tick.timestamp for symbol, tick in latest.items()})
 
     async def _read_feed(self) -> None:
         backoff = self._initial_backoff
