@@ -50,10 +50,10 @@ come again. The commit is sent asynchronously and the member keeps polling
 while it waits (records fetched meanwhile are kept for the next poll):
 librdkafka's synchronous commit has no time limit, and while it waits, the
 one thread that polls cannot serve the rebalance a restarted broker asks
-for, so the group drops the member and its partitions stop. That is how a
-persistence member stopped for good after a broker restart in a CI run
-(stop 10): every event it missed was in Kafka, uncommitted, and no member
-held its partitions. A librdkafka consumer is
+for, so the group drops the member and its partitions stop. That fits what
+a CI run showed (stop 10): after a broker restart the persistence member
+stopped for good, every event it missed was in Kafka, uncommitted, and its
+group had no member from 16 s after the restart. A librdkafka consumer is
 not meant to be shared between threads, so each consumer owns one worker
 thread that makes all its calls; a poll returns as soon as one record is
 there, with whatever else is already fetched (up to max_records).
