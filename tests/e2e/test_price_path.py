@@ -292,18 +292,7 @@ async def test_ingestion_skips_malformed_ticks_and_reconnects(tmp_path):
         await ws.wait_closed()
 
     event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
-    async with websockets.serve(exchange, "127.0.0.1", 0) as feed_server:
-        port = feed_server.sockets[0].getsockname()[1]
-        ingestion = IngestionService(f"ws://127.0.0.1:{port}/", event_log, initial_backoff=0.05)
-        task = asyncio.create_task(ingestion.run())
-        try:
-            deadline = time.monotonic() + 10
-            while ingestion.ticks_published < 2:
-                assert time.monotonic() < deadline, ingestion.stats()
-                await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    ingestion = await _ingest(exchange, event_log, 2, initial_backoff=0.05)
     assert ingestion.malformed_ticks == 2 and ingestion.reconnects >= 1
     consumer = event_log.consumer(TOPIC_MARKET_DATA, "test")
     records = await consumer.poll(10, 1)
@@ -312,6 +301,24 @@ async def test_ingestion_skips_malformed_ticks_and_reconnects(tmp_path):
     assert [(key, tick.symbol, tick.price) for key, tick in ticks] == [
         ("MOCKAAA", "MOCKAAA", Decimal("10.0000")), ("MOCKBBB", "MOCKBBB", Decimal("20.5000"))]
     assert decode_envelope(records[0].value).source_service == "ingestion"
+
+
+async def _ingest(exchange, event_log, ticks: int, **options) -> IngestionService:
+    """Run ingestion against a feed served by `exchange` until it has
+    published `ticks` ticks (10 s at most), then stop it."""
+    async with websockets.serve(exchange, "127.0.0.1", 0) as feed_server:
+        port = feed_server.sockets[0].getsockname()[1]
+        ingestion = IngestionService(f"ws://127.0.0.1:{port}/", event_log, **options)
+        task = asyncio.create_task(ingestion.run())
+        try:
+            deadline = time.monotonic() + 10
+            while ingestion.ticks_published < ticks:
+                assert time.monotonic() < deadline, ingestion.stats()
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return ingestion
 
 
 async def test_a_restarted_ingestion_never_records_a_tick_before_the_last_price(tmp_path):
@@ -332,18 +339,7 @@ async def test_a_restarted_ingestion_never_records_a_tick_before_the_last_price(
     event_log = SqliteEventLog(tmp_path / "eventlog.sqlite3")
     prices = EmbeddedPriceCache(tmp_path / "prices.sqlite3")
     await prices.set_price(PriceTick("MOCKAAA", Decimal("10.0000"), last))
-    async with websockets.serve(exchange, "127.0.0.1", 0) as feed_server:
-        port = feed_server.sockets[0].getsockname()[1]
-        ingestion = IngestionService(f"ws://127.0.0.1:{port}/", event_log, prices=prices)
-        task = asyncio.create_task(ingestion.run())
-        try:
-            deadline = time.monotonic() + 10
-            while ingestion.ticks_published < 1:
-                assert time.monotonic() < deadline, ingestion.stats()
-                await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    ingestion = await _ingest(exchange, event_log, 1, prices=prices)
     [record] = await event_log.consumer(TOPIC_MARKET_DATA, "test").poll(10, 1)
     await prices.close()
     await event_log.close()
